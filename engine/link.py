@@ -1,0 +1,121 @@
+"""ZeroMQ sockets of the engine-worker link and the pump that feeds them.
+
+The engine binds one ROUTER socket; each worker connects one DEALER whose
+identity is its worker id. Nothing on either side writes to a socket directly:
+actors put messages in a ``Mailbox`` and one pump per destination sends them,
+so a slow reader only ever fills (and drops from) its own mailbox.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+
+import zmq
+import zmq.asyncio
+from loguru import logger
+
+from engine.mailbox import Mailbox, MailboxOverflow
+from engine.protocol import Message, encode
+
+# Messages buffered per pipe on each side (send and receive) before the
+# sender is pushed back. Small on purpose: the mailboxes ahead of the socket
+# drop stale media, a deep socket buffer would only add latency.
+PIPE_HWM = 16
+# How long the engine waits before retrying a worker whose pipe is full.
+FULL_PIPE_RETRY_S = 0.002
+
+Frames = list  # [header, *payload]: the parts of one multipart message
+
+
+def frames(message: Message, *payload) -> Frames:
+    """The multipart form of a message and its media payload."""
+    return [encode(message), *payload]
+
+
+class Outbox:
+    """Messages for the other side of the link, queued by policy and sent by one pump.
+
+    Control messages are never dropped; if the other side falls so far behind
+    that they pile up, the outbox is marked broken (its owner treats the peer
+    process as lost) and takes no more.
+    """
+
+    def __init__(self, name: str):
+        """Initialize the outbox.
+
+        Args:
+            name: Who the messages are for, in logs.
+        """
+        self.mailbox: Mailbox[Frames] = Mailbox(name)
+        self.broken: str | None = None
+
+    def send(self, message: Message, *payload) -> None:
+        """Queue a control message."""
+        if self.broken:
+            return
+        try:
+            self.mailbox.put(frames(message, *payload))
+        except MailboxOverflow as e:
+            self.broken = f"stuck: {e}"
+            logger.error(self.broken)
+
+    def send_latest(self, lane: Hashable, message: Message, *payload) -> None:
+        """Queue media of which only the newest unsent item matters (video)."""
+        if not self.broken:
+            self.mailbox.put_latest(lane, frames(message, *payload))
+
+    def send_bounded(self, lane: Hashable, limit: int, message: Message, *payload) -> None:
+        """Queue media that drops its oldest unsent item past ``limit`` (audio)."""
+        if not self.broken:
+            self.mailbox.put_bounded(lane, frames(message, *payload), limit)
+
+    async def pump(self, send: Callable[[Frames], Awaitable[None]]) -> None:
+        """Send the queued messages in the mailbox's order until cancelled."""
+        while True:
+            await send(await self.mailbox.get())
+
+
+def bind_router(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+    """The engine's socket, bound to ``endpoint``.
+
+    It reports a full or vanished worker pipe instead of silently dropping, so
+    the sender can retry (full) or give up (gone).
+    """
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    socket.setsockopt(zmq.SNDHWM, PIPE_HWM)
+    socket.setsockopt(zmq.RCVHWM, PIPE_HWM)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.bind(endpoint)
+    return socket
+
+
+def connect_dealer(context: zmq.asyncio.Context, endpoint: str, identity: str) -> zmq.asyncio.Socket:
+    """A worker's socket, connected to the engine at ``endpoint``."""
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.IDENTITY, identity.encode())
+    socket.setsockopt(zmq.SNDHWM, PIPE_HWM)
+    socket.setsockopt(zmq.RCVHWM, PIPE_HWM)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(endpoint)
+    return socket
+
+
+async def send_to_worker(router: zmq.asyncio.Socket, identity: bytes, parts: Frames) -> bool:
+    """Send one message to one worker without blocking the engine.
+
+    Returns:
+        False if the worker is not connected (the message is dropped).
+    """
+    while True:
+        try:
+            await router.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            # This worker's pipe is full: only its pump waits, other workers' flow on.
+            await asyncio.sleep(FULL_PIPE_RETRY_S)
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                logger.debug(f"worker {identity.decode(errors='replace')} is not connected")
+                return False
+            raise

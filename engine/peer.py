@@ -1,0 +1,555 @@
+"""One actor per WebRTC peer: it owns the aiortc peer connection and nothing else touches it.
+
+Everything that concerns the peer arrives in its mailbox: HTTP signaling
+(offers, candidates), aiortc's events (data channel messages, state changes),
+and the worker's messages for the session (bot audio and video, app messages,
+connect/close). The actor turns them into aiortc calls and into messages for
+the worker that runs the session's bot.
+"""
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame, VideoFrame
+from loguru import logger
+
+from engine.mailbox import Mailbox
+from engine.protocol import (
+    AppMessageIn,
+    AppMessageOut,
+    AudioIn,
+    AudioOut,
+    AudioOutAck,
+    OutputOpen,
+    PeerRenegotiate,
+    PeerState,
+    PeerStateChange,
+    SessionClose,
+    SessionConnect,
+    TrackStatusChange,
+    VideoIn,
+    VideoOut,
+)
+from engine.registry import WorkerHandle
+from engine.settings import HostSettings
+from engine.tracks import RawAudioTrack, RawVideoTrack
+
+AUDIO_TRANSCEIVER_INDEX = 0
+VIDEO_TRANSCEIVER_INDEX = 1
+SCREEN_VIDEO_TRANSCEIVER_INDEX = 2
+SOURCES = {
+    AUDIO_TRANSCEIVER_INDEX: "microphone",
+    VIDEO_TRANSCEIVER_INDEX: "camera",
+    SCREEN_VIDEO_TRANSCEIVER_INDEX: "screenVideo",
+}
+SIGNALLING_TYPE = "signalling"
+# Messages for the peer held while its data channel is not open yet.
+MAX_OUTGOING_QUEUE = 50
+# App messages from the peer held until the bot is ready for them.
+MAX_HELD_APP_MESSAGES = 100
+# Peer audio waiting for a slow worker, in 20 ms frames, before the oldest is dropped.
+AUDIO_IN_LANE_FRAMES = 25
+# A renegotiation asked for within this long of the last answer is not asked again.
+RENEGOTIATION_GUARD_S = 2.0
+# How often the actor re-evaluates liveness (ping window, lost peers).
+LIVENESS_TICK_S = 0.5
+# How long a closing session waits for "peerLeft" to leave the data channel.
+PEER_LEFT_FLUSH_S = 0.5
+
+
+class SignalingError(Exception):
+    """A request the peer connection cannot take (bad SDP, bad candidate)."""
+
+
+@dataclass
+class Offer:
+    """HTTP: a new offer for this peer (first, renegotiation or restart)."""
+
+    sdp: str
+    type: str
+    restart_pc: bool
+    reply: asyncio.Future = field(repr=False)
+
+
+@dataclass
+class Candidates:
+    """HTTP: trickled remote ICE candidates (None = end of candidates)."""
+
+    candidates: list
+    reply: asyncio.Future = field(repr=False)
+
+
+class Close(NamedTuple):
+    """Close the session: from a timer, the engine, or a lost worker."""
+
+    reason: str
+    tell_worker: bool = True
+
+
+class _PcEvent(NamedTuple):
+    """aiortc reported something about one peer connection (maybe an old one)."""
+
+    pc: RTCPeerConnection
+    kind: str
+    data: Any = None
+
+
+class _WorkerMessage(NamedTuple):
+    message: Any
+    payload: list
+
+
+class _Image(NamedTuple):
+    image: memoryview
+    size: tuple[int, int]
+    format: str
+
+
+class PeerActor:
+    """Owns one peer connection for the life of its session (its ``pc_id`` outlives restarts)."""
+
+    def __init__(
+        self,
+        pc_id: str,
+        settings: HostSettings,
+        worker: WorkerHandle,
+        on_ended: Callable[["PeerActor"], None],
+    ):
+        """Initialize the actor; ``run()`` must be started to serve it.
+
+        Args:
+            pc_id: The session's id, handed to the client and to the worker.
+            settings: Host settings (ICE servers, timers).
+            worker: The worker that runs this session's bot.
+            on_ended: Called once when the session has ended.
+        """
+        self.pc_id = pc_id
+        self.worker = worker
+        self.mailbox: Mailbox = Mailbox(f"peer {pc_id}")
+        self._settings = settings
+        self._on_ended = on_ended
+        self._pc: RTCPeerConnection | None = None
+        self._channel = None
+        self._bot_ready = False
+        self._reported_state: PeerState = "new"
+        self._disconnected_since: float | None = None
+        self._last_ping: float | None = None
+        self._outgoing: list[str] = []
+        self._queueing = True
+        self._held_app_messages: deque[str] = deque(maxlen=MAX_HELD_APP_MESSAGES)
+        self._enabled_sources = {index: True for index in SOURCES}
+        self._readers: dict[int, asyncio.Task] = {}
+        self._audio_out: RawAudioTrack | None = None
+        self._video_out: RawVideoTrack | None = None
+        self._connecting_timer: asyncio.Task | None = None
+        self._data_channel_timer: asyncio.Task | None = None
+        self._last_answer_at = 0.0
+        self._renegotiation_asked_at = 0.0
+        self._ended = False
+        self.log = logger.bind(pc_id=pc_id, worker_id=worker.worker_id)
+
+    # ---- what other tasks may call: they only post to the mailbox ----
+
+    async def offer(self, sdp: str, type: str, restart_pc: bool) -> dict:
+        """Apply an offer and return the answer ``{"sdp", "type", "pc_id"}``.
+
+        Raises:
+            SignalingError: If the offer cannot be applied.
+        """
+        return await self._ask(lambda reply: Offer(sdp, type, restart_pc, reply))
+
+    async def add_candidates(self, candidates: list) -> None:
+        """Add trickled remote candidates.
+
+        Raises:
+            SignalingError: If a candidate is rejected.
+        """
+        await self._ask(lambda reply: Candidates(candidates, reply))
+
+    def deliver(self, message, payload: list) -> None:
+        """Hand the actor a message from its worker; media is dropped by policy, never queued without bound."""
+        item = _WorkerMessage(message, payload)
+        if isinstance(message, VideoOut):
+            self.mailbox.put_latest("video-out", item)
+        else:
+            # Bot audio is control: the worker's credit window already bounds
+            # it, and each one must be acknowledged.
+            self.mailbox.put(item)
+
+    def close(self, reason: str, tell_worker: bool = True) -> None:
+        """Ask the actor to end the session."""
+        if not self._ended:
+            self.mailbox.put(Close(reason, tell_worker))
+
+    @property
+    def ended(self) -> bool:
+        """Whether the session is over."""
+        return self._ended
+
+    async def _ask(self, make) -> Any:
+        if self._ended:
+            raise SignalingError(f"session {self.pc_id} has ended")
+        reply = asyncio.get_running_loop().create_future()
+        self.mailbox.put(make(reply))
+        return await reply
+
+    # ---- the actor ----
+
+    async def run(self) -> None:
+        """Serve the mailbox until the session ends."""
+        ticker = asyncio.create_task(self._tick())
+        try:
+            while not self._ended:
+                item = await self.mailbox.get()
+                try:
+                    await self._handle(item)
+                except Exception as e:
+                    self.log.exception(f"peer {self.pc_id}: error handling {type(item).__name__}: {e}")
+                    if isinstance(item, (Offer, Candidates)) and not item.reply.done():
+                        item.reply.set_exception(SignalingError(str(e)))
+        finally:
+            ticker.cancel()
+            await self._end("actor stopped", tell_worker=True, notify_peer=True)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(LIVENESS_TICK_S)
+            self.mailbox.put(_PcEvent(self._pc, "tick"))
+
+    async def _handle(self, item) -> None:
+        match item:
+            case _WorkerMessage(message, payload):
+                await self._handle_worker_message(message, payload)
+            case _PcEvent(pc, kind, data):
+                if pc is self._pc:
+                    await self._handle_pc_event(kind, data)
+            case Offer():
+                await self._handle_offer(item)
+            case Candidates(candidates, reply):
+                for candidate in candidates:
+                    await self._pc.addIceCandidate(candidate)
+                reply.set_result(None)
+            case Close(reason, tell_worker):
+                await self._end(reason, tell_worker=tell_worker, notify_peer=True)
+
+    # ---- signaling ----
+
+    def _new_pc(self) -> RTCPeerConnection:
+        config = RTCConfiguration(
+            iceServers=[server.to_rtc() for server in self._settings.ice_servers],
+            # With aiortc's default policy the screen share's transceiver is
+            # left off the bundled transport and its packets never arrive.
+            bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
+        )
+        pc = RTCPeerConnection(config)
+        post = self.mailbox.put
+
+        @pc.on("datachannel")
+        def on_datachannel(channel):
+            post(_PcEvent(pc, "datachannel", channel))
+
+            @channel.on("open")
+            def on_open():
+                post(_PcEvent(pc, "channel-open", channel))
+
+            @channel.on("message")
+            def on_message(message):
+                post(_PcEvent(pc, "channel-message", message))
+
+        @pc.on("connectionstatechange")
+        def on_state():
+            post(_PcEvent(pc, "state", pc.connectionState))
+
+        self._pc = pc
+        self._channel = None
+        self._last_ping = None
+        return pc
+
+    async def _handle_offer(self, offer: Offer) -> None:
+        if offer.type != "offer":
+            raise SignalingError(f"expected an SDP of type 'offer', got {offer.type!r}")
+        if self._pc is None:
+            self._new_pc()
+        elif offer.restart_pc:
+            self.log.info(f"peer {self.pc_id}: restarting the peer connection")
+            await self._close_pc()
+            self._new_pc()
+        pc = self._pc
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type=offer.type))
+        except Exception as e:
+            raise SignalingError(f"invalid offer: {e}") from e
+        # aiortc answers recvonly unless told otherwise: the bot sends on the
+        # first two transceivers (audio, camera) and only receives the rest.
+        for index, transceiver in enumerate(pc.getTransceivers()):
+            transceiver.direction = "sendrecv" if index < 2 else "recvonly"
+        await pc.setLocalDescription(await pc.createAnswer())
+        self._attach_outputs()
+        if self._bot_ready:
+            self._start_readers()
+        self._last_answer_at = time.monotonic()
+        description = pc.localDescription
+        offer.reply.set_result({"sdp": description.sdp, "type": description.type, "pc_id": self.pc_id})
+
+    # ---- aiortc events ----
+
+    async def _handle_pc_event(self, kind: str, data) -> None:
+        if kind == "channel-message":
+            self._handle_channel_message(data)
+        elif kind == "state":
+            await self._handle_state(data)
+        elif kind == "datachannel":
+            self._channel = data
+            if data.readyState == "open":
+                self._flush_outgoing()
+        elif kind == "channel-open":
+            self._flush_outgoing()
+        elif kind == "data-channel-deadline" and (self._channel is None or self._channel.readyState != "open"):
+            self.log.warning(
+                f"peer {self.pc_id}: no data channel {self._settings.data_channel_timeout_s:g} s after connecting;"
+                " dropping queued messages and queueing no more"
+            )
+            self._outgoing.clear()
+            self._queueing = False
+        self._report_state()
+        if (
+            self._disconnected_since is not None
+            and time.monotonic() - self._disconnected_since > self._settings.peer_lost_close_s
+        ):
+            await self._end("peer lost (no keepalive)", tell_worker=True, notify_peer=False)
+
+    async def _handle_state(self, state: str) -> None:
+        self.log.debug(f"peer {self.pc_id}: connection state {state}")
+        if state == "connecting" and self._connecting_timer is None:
+            self._connecting_timer = self._after(
+                self._settings.connecting_timeout_s, "no connection within the connecting timeout"
+            )
+        elif state != "connecting":
+            self._cancel(self._connecting_timer)
+            self._connecting_timer = None
+        if state == "connected" and self._data_channel_timer is None:
+            self._data_channel_timer = asyncio.create_task(self._data_channel_deadline(self._pc))
+        if state in ("failed", "closed"):
+            await self._end(f"peer connection {state}", tell_worker=True, notify_peer=False)
+
+    def _after(self, delay: float, reason: str) -> asyncio.Task:
+        async def fire():
+            await asyncio.sleep(delay)
+            self.close(reason)
+
+        return asyncio.create_task(fire())
+
+    async def _data_channel_deadline(self, pc: RTCPeerConnection) -> None:
+        await asyncio.sleep(self._settings.data_channel_timeout_s)
+        self.mailbox.put(_PcEvent(pc, "data-channel-deadline"))
+
+    def _handle_channel_message(self, message) -> None:
+        # The keepalive is a plain string, not JSON.
+        if isinstance(message, str) and message.startswith("ping"):
+            self._last_ping = time.monotonic()
+            return
+        try:
+            parsed = json.loads(message)
+        except (TypeError, ValueError) as e:
+            self.log.warning(f"peer {self.pc_id}: ignoring a data channel message that is not JSON: {e}")
+            return
+        if isinstance(parsed, dict) and parsed.get("type") == SIGNALLING_TYPE and parsed.get("message"):
+            self._handle_signalling(parsed["message"])
+        elif self._bot_ready and self._reported_state == "connected":
+            self.worker.outbox.send(AppMessageIn(self.pc_id, message))
+        else:
+            if len(self._held_app_messages) == self._held_app_messages.maxlen:
+                self.log.warning(f"peer {self.pc_id}: bot not ready, dropping the oldest held app message")
+            self._held_app_messages.append(message)
+
+    def _handle_signalling(self, message) -> None:
+        if not isinstance(message, dict) or message.get("type") != "trackStatus":
+            self.log.warning(f"peer {self.pc_id}: ignoring unknown signalling message {message!r}")
+            return
+        index, enabled = message.get("receiver_index"), message.get("enabled")
+        if index not in SOURCES or not isinstance(enabled, bool):
+            self.log.warning(f"peer {self.pc_id}: ignoring malformed trackStatus {message!r}")
+            return
+        self._enabled_sources[index] = enabled
+        self.worker.outbox.send(TrackStatusChange(self.pc_id, index, enabled))
+
+    def _peer_state(self) -> PeerState:
+        """The state the bot sees: aiortc's, but "disconnected" once keepalives stop."""
+        if self._ended:
+            return "closed"
+        state = self._pc.connectionState if self._pc else "new"
+        if (
+            state == "connected"
+            and self._last_ping is not None
+            and time.monotonic() - self._last_ping > self._settings.ping_window_s
+        ):
+            return "disconnected"
+        return state
+
+    def _report_state(self) -> None:
+        state = self._peer_state()
+        if state == "disconnected":
+            self._disconnected_since = self._disconnected_since or time.monotonic()
+        else:
+            self._disconnected_since = None
+        if not self._bot_ready or state == self._reported_state:
+            return
+        self._reported_state = state
+        self.worker.outbox.send(PeerStateChange(self.pc_id, state))
+        if state == "connected":
+            while self._held_app_messages:
+                self.worker.outbox.send(AppMessageIn(self.pc_id, self._held_app_messages.popleft()))
+
+    # ---- messages to the peer ----
+
+    def _send_to_peer(self, text: str) -> None:
+        if self._channel is not None and self._channel.readyState == "open":
+            self._channel.send(text)
+        elif self._queueing and len(self._outgoing) < MAX_OUTGOING_QUEUE:
+            self._outgoing.append(text)
+        elif self._queueing:
+            self.log.warning(f"peer {self.pc_id}: {MAX_OUTGOING_QUEUE} messages wait for the data channel, dropping one")
+
+    def _flush_outgoing(self) -> None:
+        self._cancel(self._data_channel_timer)
+        while self._outgoing and self._channel is not None:
+            self._channel.send(self._outgoing.pop(0))
+
+    def _send_signalling(self, message: dict) -> None:
+        self._send_to_peer(json.dumps({"type": SIGNALLING_TYPE, "message": message}))
+
+    # ---- the worker's messages ----
+
+    async def _handle_worker_message(self, message, payload: list) -> None:
+        match message:
+            case AudioOut(seq=seq):
+                if self._audio_out is None:
+                    self.worker.outbox.send(AudioOutAck(self.pc_id, seq))
+                else:
+                    done = self._audio_out.add_audio_bytes(payload[0].buffer)
+                    done.add_done_callback(lambda _: self.worker.outbox.send(AudioOutAck(self.pc_id, seq)))
+            case VideoOut(width=width, height=height) if self._video_out is not None:
+                self._video_out.add_video_frame(_Image(payload[0].buffer, (width, height), "I420"))
+            case AppMessageOut(json=text):
+                self._send_to_peer(text)
+            case SessionConnect():
+                self._bot_ready = True
+                if self._pc is not None:
+                    self._start_readers()
+                self._report_state()
+            case OutputOpen():
+                self._open_outputs(message)
+            case PeerRenegotiate():
+                self._ask_to_renegotiate()
+            case SessionClose(reason=reason):
+                await self._end(f"worker: {reason}", tell_worker=False, notify_peer=True)
+            case VideoOut():
+                pass  # the bot sent video before asking for an output track
+
+    def _ask_to_renegotiate(self) -> None:
+        now = time.monotonic()
+        if now - max(self._renegotiation_asked_at, self._last_answer_at) < RENEGOTIATION_GUARD_S:
+            return
+        self._renegotiation_asked_at = now
+        self._send_signalling({"type": "renegotiate"})
+
+    def _open_outputs(self, request: OutputOpen) -> None:
+        if request.audio_sample_rate:
+            self._audio_out = RawAudioTrack(
+                request.audio_sample_rate, request.audio_auto_silence, frame_ms=20
+            )
+        if request.video_width and request.video_height:
+            self._video_out = RawVideoTrack(request.video_width, request.video_height)
+        self._attach_outputs()
+
+    def _attach_outputs(self) -> None:
+        if self._pc is None:
+            return
+        transceivers = self._pc.getTransceivers()
+        for index, track in ((0, self._audio_out), (1, self._video_out)):
+            if track is not None and len(transceivers) > index:
+                if transceivers[index].sender.track is not track:
+                    transceivers[index].sender.replaceTrack(track)
+
+    # ---- reading the peer's media ----
+
+    def _start_readers(self) -> None:
+        transceivers = self._pc.getTransceivers()
+        for index in SOURCES:
+            if index < len(transceivers) and index not in self._readers:
+                receiver = transceivers[index].receiver
+                # aiortc decodes nothing for a disabled receiver, and its
+                # queues only grow while someone reads them: read every frame.
+                receiver._enabled = True
+                self._readers[index] = asyncio.create_task(self._read(index, receiver.track))
+
+    async def _read(self, index: int, track) -> None:
+        source = SOURCES[index]
+        send = self.worker.outbox
+        try:
+            while True:
+                frame = await track.recv()
+                if isinstance(frame, AudioFrame):
+                    size = frame.samples * len(frame.layout.channels) * 2
+                    message = AudioIn(self.pc_id, frame.sample_rate, len(frame.layout.channels), frame.pts)
+                    send.send_bounded((self.pc_id, source), AUDIO_IN_LANE_FRAMES, message, memoryview(frame.planes[0])[:size])
+                elif isinstance(frame, VideoFrame) and self._enabled_sources[index]:
+                    planes = frame.planes
+                    message = VideoIn(
+                        self.pc_id, source, frame.format.name, frame.width, frame.height,
+                        [plane.line_size for plane in planes], frame.pts,
+                    )
+                    send.send_latest((self.pc_id, source), message, *planes)
+        except MediaStreamError:
+            self.log.debug(f"peer {self.pc_id}: {source} track ended")
+
+    def _stop_readers(self) -> None:
+        for task in self._readers.values():
+            task.cancel()
+        self._readers.clear()
+        self.worker.outbox.mailbox.discard_lanes(lambda lane: isinstance(lane, tuple) and lane[0] == self.pc_id)
+
+    # ---- the end ----
+
+    async def _close_pc(self) -> None:
+        self._stop_readers()
+        pc, self._pc = self._pc, None
+        self._channel = None
+        if pc is not None:
+            pc.remove_all_listeners()
+            await pc.close()
+
+    async def _end(self, reason: str, *, tell_worker: bool, notify_peer: bool) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.log.info(f"peer {self.pc_id}: session ends ({reason})")
+        if notify_peer and self._channel is not None and self._channel.readyState == "open":
+            self._channel.send(json.dumps({"type": SIGNALLING_TYPE, "message": {"type": "peerLeft"}}))
+            # Closing aborts the SCTP association and what it has not sent yet.
+            deadline = time.monotonic() + PEER_LEFT_FLUSH_S
+            while self._channel.bufferedAmount > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        self._cancel(self._connecting_timer)
+        self._cancel(self._data_channel_timer)
+        await self._close_pc()
+        if tell_worker:
+            self.worker.outbox.send(SessionClose(self.pc_id, reason))
+        self.worker.sessions.discard(self.pc_id)
+        # Anyone still waiting on a reply learns the session is gone.
+        while (item := self.mailbox.get_nowait()) is not None:
+            if isinstance(item, (Offer, Candidates)) and not item.reply.done():
+                item.reply.set_exception(SignalingError(f"session {self.pc_id} has ended"))
+        self._on_ended(self)
+
+    @staticmethod
+    def _cancel(task: asyncio.Task | None) -> None:
+        if task is not None and not task.done():
+            task.cancel()

@@ -1,0 +1,199 @@
+"""The engine-worker link: every message that crosses it, in one place.
+
+Each message is a msgspec ``Struct`` tagged with its class name and encoded
+with msgpack as the first frame of a ZeroMQ multipart message. Media rides in
+the frames after it, untouched (``AudioIn``: one frame of packed s16 PCM;
+``VideoIn``: one frame per plane; ``AudioOut``: PCM; ``VideoOut``: I420), so
+neither side copies pixels or samples to frame them.
+
+Sessions are addressed by ``session_id``, which is the peer's ``pc_id``.
+"""
+
+from typing import Any, Literal
+
+import msgspec
+
+PeerState = Literal["new", "connecting", "connected", "disconnected", "closed", "failed"]
+
+
+class WorkerRegister(msgspec.Struct, tag=True, frozen=True):
+    """Worker to engine, first: who the worker is and how many sessions it takes."""
+
+    worker_id: str
+    pid: int
+    hostname: str
+    capacity: int
+
+
+class WorkerAccept(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: registration accepted; the worker may now be given sessions."""
+
+    engine_id: str
+
+
+class WorkerHeartbeat(msgspec.Struct, tag=True, frozen=True):
+    """Worker to engine, every second: the worker lives, and its load."""
+
+    sessions: int
+    loop_lag_ms: float
+
+
+class EngineHeartbeat(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker, every second: the engine lives (a worker that stops hearing it leaves)."""
+
+
+class WorkerStop(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: end every session and exit."""
+
+    reason: str
+
+
+class SessionOpen(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: run a new bot for this peer."""
+
+    session_id: str
+    runner_session_id: str
+    body: Any = None
+
+
+class SessionClose(msgspec.Struct, tag=True, frozen=True):
+    """Either way: the session is over (engine: the peer is gone; worker: the bot ended or failed)."""
+
+    session_id: str
+    reason: str
+
+
+class SessionConnect(msgspec.Struct, tag=True, frozen=True):
+    """Worker to engine: the bot's transport is ready for the peer (Pipecat's ``connection.connect()``)."""
+
+    session_id: str
+
+
+class PeerStateChange(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: the peer's connection state as the bot should see it."""
+
+    session_id: str
+    state: PeerState
+
+
+class TrackStatusChange(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: the peer turned a source on or off (``trackStatus`` signalling)."""
+
+    session_id: str
+    receiver_index: int
+    enabled: bool
+
+
+class AppMessageIn(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: an application message from the peer's data channel, as JSON text."""
+
+    session_id: str
+    json: str
+
+
+class AppMessageOut(msgspec.Struct, tag=True, frozen=True):
+    """Worker to engine: an application message for the peer, as JSON text."""
+
+    session_id: str
+    json: str
+
+
+class PeerRenegotiate(msgspec.Struct, tag=True, frozen=True):
+    """Worker to engine: ask the peer for a new offer (stale video is dropped first)."""
+
+    session_id: str
+
+
+class OutputOpen(msgspec.Struct, tag=True, frozen=True):
+    """Worker to engine: attach the bot's output tracks (a size or rate of 0 means none)."""
+
+    session_id: str
+    audio_sample_rate: int
+    audio_auto_silence: bool
+    video_width: int
+    video_height: int
+
+
+class AudioIn(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: decoded peer audio; packed s16 PCM follows in one frame."""
+
+    session_id: str
+    sample_rate: int
+    num_channels: int
+    pts: int | None = None
+
+
+class VideoIn(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: a decoded peer video frame; its planes follow, one frame each."""
+
+    session_id: str
+    source: str
+    format: str
+    width: int
+    height: int
+    line_sizes: list[int]
+    pts: int | None = None
+
+
+class AudioOut(msgspec.Struct, tag=True, frozen=True):
+    """Worker to engine: bot audio, whole 10 ms of packed s16 PCM in one frame."""
+
+    session_id: str
+    seq: int
+    sample_rate: int
+    num_channels: int
+
+
+class AudioOutAck(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: the audio up to ``seq`` has been handed to the encoder."""
+
+    session_id: str
+    seq: int
+
+
+class VideoOut(msgspec.Struct, tag=True, frozen=True):
+    """Worker to engine: a bot video frame; I420 follows in one frame."""
+
+    session_id: str
+    width: int
+    height: int
+
+
+Message = (
+    WorkerRegister
+    | WorkerAccept
+    | WorkerHeartbeat
+    | EngineHeartbeat
+    | WorkerStop
+    | SessionOpen
+    | SessionClose
+    | SessionConnect
+    | PeerStateChange
+    | TrackStatusChange
+    | AppMessageIn
+    | AppMessageOut
+    | PeerRenegotiate
+    | OutputOpen
+    | AudioIn
+    | VideoIn
+    | AudioOut
+    | AudioOutAck
+    | VideoOut
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode(message: Message) -> bytes:
+    """The header frame for a message."""
+    return _encoder.encode(message)
+
+
+def decode(header: bytes | memoryview) -> Message:
+    """The message in a header frame.
+
+    Raises:
+        msgspec.ValidationError: If the frame is not a message of this protocol.
+    """
+    return _decoder.decode(header)

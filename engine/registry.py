@@ -1,0 +1,100 @@
+"""The workers the engine knows, and where a new session goes."""
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import zmq.asyncio
+from loguru import logger
+
+from engine.link import Frames, Outbox, send_to_worker
+from engine.protocol import WorkerHeartbeat
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    """The engine's view of one worker: its load, its sessions and its outbox.
+
+    Everything the engine sends to the worker goes through ``outbox``, drained
+    by one pump task, so a stuck worker only ever backs up its own outbox.
+    """
+
+    worker_id: str
+    pid: int
+    hostname: str
+    capacity: int
+    outbox: Outbox
+    last_seen: float = field(default_factory=time.monotonic)
+    loop_lag_ms: float = 0.0
+    sessions: set[str] = field(default_factory=set)
+    pump_task: asyncio.Task | None = None
+    lost_reason: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker is still taking part."""
+        return self.lost_reason is None and self.outbox.broken is None
+
+    @property
+    def has_room(self) -> bool:
+        """Whether the worker takes another session."""
+        return self.alive and len(self.sessions) < self.capacity
+
+    def heard(self, heartbeat: WorkerHeartbeat | None = None) -> None:
+        """The worker spoke; a heartbeat also carries its load."""
+        self.last_seen = time.monotonic()
+        if heartbeat is not None:
+            self.loop_lag_ms = heartbeat.loop_lag_ms
+
+
+class WorkerRegistry:
+    """Live workers by id, and placement of new sessions on them."""
+
+    def __init__(self, router: zmq.asyncio.Socket):
+        """Initialize the registry.
+
+        Args:
+            router: The engine's socket, which every worker handle sends through.
+        """
+        self._router = router
+        self._workers: dict[str, WorkerHandle] = {}
+
+    def __iter__(self):
+        return iter(list(self._workers.values()))
+
+    def get(self, worker_id: str) -> WorkerHandle | None:
+        """The live worker with this id."""
+        return self._workers.get(worker_id)
+
+    def add(self, worker_id: str, pid: int, hostname: str, capacity: int) -> WorkerHandle:
+        """Register a worker (again, if it reconnected) and start sending to it."""
+        identity = worker_id.encode()
+        handle = WorkerHandle(
+            worker_id=worker_id,
+            pid=pid,
+            hostname=hostname,
+            capacity=capacity,
+            outbox=Outbox(f"outbox to worker {worker_id}"),
+        )
+
+        async def send(parts: Frames) -> None:
+            await send_to_worker(self._router, identity, parts)
+
+        handle.pump_task = asyncio.create_task(handle.outbox.pump(send), name=f"pump-{worker_id}")
+        self._workers[worker_id] = handle
+        return handle
+
+    def remove(self, handle: WorkerHandle, reason: str) -> None:
+        """Forget a worker and stop sending to it."""
+        handle.lost_reason = handle.lost_reason or reason
+        if self._workers.get(handle.worker_id) is handle:
+            del self._workers[handle.worker_id]
+        if handle.pump_task:
+            handle.pump_task.cancel()
+
+    def place(self) -> WorkerHandle | None:
+        """The live worker with room that has the fewest sessions, or None."""
+        candidates = [w for w in self._workers.values() if w.has_room]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda w: (len(w.sessions) / w.capacity, w.loop_lag_ms))

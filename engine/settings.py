@@ -1,0 +1,109 @@
+"""Host configuration: the defaults file, then environment variables, then CLI flags.
+
+Every option is documented in ``config/host.toml``. Environment variables are
+the option names in upper case with the prefix ``SMALLWEBRTC_HOST_`` (lists as
+JSON, e.g. ``SMALLWEBRTC_HOST_ICE_HOST_ADDRESSES='["127.0.0.1"]'``).
+"""
+
+import os
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from engine.ice import IceServer
+
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "host.toml"
+
+
+class ConnectionMode(str, Enum):
+    """How many peers the host takes at once."""
+
+    SINGLE = "single"
+    MULTIPLE = "multiple"
+
+
+class HostSettings(BaseSettings):
+    """Everything the engine and its workers are configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="SMALLWEBRTC_HOST_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(7860, ge=0, le=65535)
+    workers: int = Field(0, ge=0)
+    worker_capacity: int = Field(4, ge=1)
+    bot: str = "workers.demo_bot:bot"
+    engine_endpoint: str = ""
+    ice_servers: list[IceServer] = []
+    ice_host_addresses: list[str] = []
+    sctp_max_chunk_size: int = Field(1100, ge=256, le=1200)
+    connection_mode: ConnectionMode = ConnectionMode.MULTIPLE
+    connecting_timeout_s: float = Field(60.0, gt=0)
+    data_channel_timeout_s: float = Field(10.0, gt=0)
+    ping_window_s: float = Field(3.0, gt=0)
+    peer_lost_close_s: float = Field(10.0, ge=0)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    worker_dead_after_s: float = Field(3.0, gt=0)
+    engine_silent_after_s: float = Field(10.0, gt=0)
+    bot_end_grace_s: float = Field(5.0, ge=0)
+    log_level: str = "INFO"
+
+    @field_validator("ice_servers", mode="before")
+    @classmethod
+    def _urls_as_servers(cls, value):
+        # "stun:a,turn:b" on the command line or a list of plain URLs.
+        if isinstance(value, str):
+            value = [url for url in value.split(",") if url.strip()]
+        return [{"urls": v.strip()} if isinstance(v, str) else v for v in value]
+
+    @field_validator("ice_host_addresses", mode="before")
+    @classmethod
+    def _comma_list(cls, value):
+        if isinstance(value, str):
+            return [a.strip() for a in value.split(",") if a.strip()]
+        return value
+
+    @property
+    def worker_count(self) -> int:
+        """Local workers to start: the setting, or one per core."""
+        return self.workers or os.cpu_count() or 1
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ):
+        """CLI flags (passed as init arguments) win over the environment, which wins over the file."""
+        config_file = Path(os.environ.get("SMALLWEBRTC_HOST_CONFIG", DEFAULT_CONFIG_FILE))
+        sources = [init_settings, env_settings]
+        if config_file.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | None = None, **overrides) -> HostSettings:
+    """Settings from ``config_file`` (or the default file), the environment and ``overrides``.
+
+    Args:
+        config_file: A TOML file in the format of ``config/host.toml``.
+        **overrides: CLI flags; ``None`` values are ignored.
+
+    Raises:
+        FileNotFoundError: If ``config_file`` does not exist.
+        pydantic.ValidationError: If a setting is invalid; the message names it.
+    """
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        os.environ["SMALLWEBRTC_HOST_CONFIG"] = str(Path(config_file).resolve())
+    return HostSettings(**{k: v for k, v in overrides.items() if v is not None})

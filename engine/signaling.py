@@ -1,0 +1,158 @@
+"""The HTTP side of the engine: the routes of the SmallWebRTC wire contract and the demo page."""
+
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from aiortc.sdp import candidate_from_sdp
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.engine import Engine, OfferRejected
+
+STATIC_DIR = Path(__file__).parent / "static"
+# Sessions registered by /start and not yet ended, oldest forgotten first.
+MAX_START_SESSIONS = 10_000
+
+
+class OfferRequest(BaseModel):
+    """``POST /api/offer``: a new offer, a renegotiation (known pc_id) or a restart."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    sdp: str
+    type: str
+    pc_id: str | None = None
+    restart_pc: bool | None = False
+    request_data: Any = Field(default=None, alias="requestData")
+
+
+class IceCandidateModel(BaseModel):
+    """One trickled candidate; an empty ``candidate`` marks the end of candidates."""
+
+    candidate: str
+    sdp_mid: str | None = None
+    sdp_mline_index: int | None = None
+
+
+class PatchRequest(BaseModel):
+    """``PATCH /api/offer``: trickled candidates for a known pc_id."""
+
+    pc_id: str
+    candidates: list[IceCandidateModel]
+
+
+class StartRequest(BaseModel):
+    """``POST /start``: registers a session whose offer follows."""
+
+    model_config = ConfigDict(extra="allow")
+
+    transport: str = "webrtc"
+    enableDefaultIceServers: bool = False
+    body: Any = None
+
+
+def _rejection(e: OfferRejected) -> JSONResponse:
+    headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+    return JSONResponse({"detail": e.detail}, status_code=e.status, headers=headers)
+
+
+def _to_rtc_candidates(candidates: list[IceCandidateModel]) -> list:
+    parsed = []
+    for c in candidates:
+        if not c.candidate:
+            # End of candidates (RFC 8840): aiortc takes None.
+            parsed.append(None)
+            continue
+        try:
+            candidate = candidate_from_sdp(c.candidate.removeprefix("candidate:"))
+        except (ValueError, IndexError) as e:
+            raise HTTPException(400, f"invalid ICE candidate {c.candidate!r}: {e}") from e
+        candidate.sdpMid = c.sdp_mid
+        candidate.sdpMLineIndex = c.sdp_mline_index
+        parsed.append(candidate)
+    return parsed
+
+
+def create_app(engine: Engine) -> FastAPI:
+    """The engine's HTTP API.
+
+    Args:
+        engine: The engine that owns the peers and workers.
+    """
+    app = FastAPI(title="smallwebrtc-host")
+    start_sessions: OrderedDict[str, Any] = OrderedDict()
+
+    async def offer(request: OfferRequest, session_id: str | None, body: Any) -> JSONResponse | dict:
+        try:
+            return await engine.offer(
+                sdp=request.sdp,
+                type=request.type,
+                pc_id=request.pc_id,
+                restart_pc=bool(request.restart_pc),
+                body=body,
+                runner_session_id=session_id,
+            )
+        except OfferRejected as e:
+            logger.warning(f"offer (pc_id={request.pc_id}) rejected with {e.status}: {e.detail}")
+            return _rejection(e)
+
+    async def patch(request: PatchRequest) -> JSONResponse | dict:
+        candidates = _to_rtc_candidates(request.candidates)
+        try:
+            await engine.add_candidates(request.pc_id, candidates)
+        except OfferRejected as e:
+            logger.warning(f"candidates for pc_id={request.pc_id} rejected with {e.status}: {e.detail}")
+            return _rejection(e)
+        return {"status": "success"}
+
+    @app.post("/api/offer")
+    async def post_offer(request: OfferRequest):
+        return await offer(request, None, request.request_data)
+
+    @app.patch("/api/offer")
+    async def patch_offer(request: PatchRequest):
+        return await patch(request)
+
+    @app.post("/start")
+    async def start(request: StartRequest):
+        if request.transport != "webrtc":
+            raise HTTPException(400, f"Transport '{request.transport}' is not served here (only 'webrtc').")
+        session_id = str(uuid.uuid4())
+        start_sessions[session_id] = request.body if request.body is not None else {}
+        while len(start_sessions) > MAX_START_SESSIONS:
+            start_sessions.popitem(last=False)
+        result: dict[str, Any] = {"sessionId": session_id}
+        if engine.settings.ice_servers:
+            result["iceConfig"] = {"iceServers": [s.to_client() for s in engine.settings.ice_servers]}
+        return result
+
+    def start_session(session_id: str) -> Any:
+        if session_id not in start_sessions:
+            raise HTTPException(404, f"unknown session {session_id}")
+        return start_sessions[session_id]
+
+    @app.post("/sessions/{session_id}/api/offer")
+    async def post_session_offer(session_id: str, request: OfferRequest):
+        body = start_session(session_id)
+        return await offer(request, session_id, request.request_data or body)
+
+    @app.patch("/sessions/{session_id}/api/offer")
+    async def patch_session_offer(session_id: str, request: PatchRequest):
+        start_session(session_id)
+        return await patch(request)
+
+    @app.get("/status")
+    async def status():
+        return {"status": "ready", "transports": ["webrtc"]}
+
+    @app.get("/", include_in_schema=False)
+    async def demo_page():
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

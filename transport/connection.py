@@ -1,0 +1,226 @@
+"""The bot's handle on its peer, in the worker: Pipecat's ``SmallWebRTCConnection`` surface over the IPC.
+
+The real peer connection lives in the engine. This object has the same name,
+events and methods a bot or ``SmallWebRTCClient`` uses (``pc_id``,
+``event_handler``, ``connect``, ``send_app_message``, the input tracks, ...) and
+turns them into messages of ``engine.protocol``.
+"""
+
+import asyncio
+import json
+from typing import Any
+
+from loguru import logger
+from pipecat.utils.base_object import BaseObject
+
+from engine.link import Outbox
+from engine.mailbox import Mailbox
+from engine.protocol import (
+    AppMessageOut,
+    AudioIn,
+    AudioOut,
+    OutputOpen,
+    PeerRenegotiate,
+    PeerState,
+    SessionClose,
+    SessionConnect,
+    VideoIn,
+    VideoOut,
+)
+from workers.media import AudioFramer
+
+AUDIO_TRANSCEIVER_INDEX = 0
+VIDEO_TRANSCEIVER_INDEX = 1
+SCREEN_VIDEO_TRANSCEIVER_INDEX = 2
+# Peer audio a bot that is not reading keeps, in 20 ms frames, before the oldest is dropped.
+AUDIO_IN_FRAMES = 25
+# Bot audio handed to the engine and not yet taken by its encoder. write_audio
+# waits while more is in flight, so the bot runs at the wire's pace and an
+# interruption finds little already on its way.
+AUDIO_OUT_WINDOW_MS = 40
+AUDIO_OUT_FRAME_MS = 20
+
+
+class InputTrack:
+    """One of the peer's tracks as the worker receives it: a bounded queue of what the engine sent.
+
+    Audio keeps the newest ``AUDIO_IN_FRAMES`` frames; video only the newest frame.
+    """
+
+    def __init__(self, kind: str, source: str):
+        """Initialize the track.
+
+        Args:
+            kind: "audio" or "video".
+            source: "microphone", "camera" or "screenVideo".
+        """
+        self.kind = kind
+        self.source = source
+        self._media: Mailbox[tuple[AudioIn | VideoIn, list]] = Mailbox(f"{source} in")
+        self._enabled = True
+
+    @property
+    def dropped(self) -> int:
+        """Frames dropped because the bot read too slowly."""
+        return sum(self._media.dropped.values())
+
+    def deliver(self, message: AudioIn | VideoIn, payload: list) -> None:
+        """Take a frame from the engine, dropping by the track's policy."""
+        if self.kind == "audio":
+            self._media.put_bounded(self.source, (message, payload), AUDIO_IN_FRAMES)
+        else:
+            self._media.put_latest(self.source, (message, payload))
+
+    async def recv(self) -> tuple[AudioIn | VideoIn, list]:
+        """The next frame: its header and its payload buffers."""
+        return await self._media.get()
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Record whether the peer sends this source (``trackStatus``)."""
+        self._enabled = enabled
+
+    def is_enabled(self) -> bool:
+        """Whether the peer sends this source."""
+        return self._enabled
+
+    async def discard_old_frames(self) -> None:
+        """Drop the frames waiting to be read."""
+        while self._media.get_nowait() is not None:
+            pass
+
+
+class SmallWebRTCConnection(BaseObject):
+    """The worker-side connection to one peer, with Pipecat's events and methods.
+
+    Events: ``app-message``, ``track-status``, and the connection states
+    ``new``, ``connecting``, ``connected``, ``disconnected``, ``closed``, ``failed``.
+    """
+
+    def __init__(self, pc_id: str, outbox: Outbox):
+        """Initialize the connection.
+
+        Args:
+            pc_id: The session's id, as the engine gave it to the client.
+            outbox: Where messages for the engine go.
+        """
+        super().__init__()
+        self._pc_id = pc_id
+        self._outbox = outbox
+        self._connect_invoked = False
+        self._state: PeerState = "new"
+        self._closed = False
+        self._tracks = {
+            AUDIO_TRANSCEIVER_INDEX: InputTrack("audio", "microphone"),
+            VIDEO_TRANSCEIVER_INDEX: InputTrack("video", "camera"),
+            SCREEN_VIDEO_TRANSCEIVER_INDEX: InputTrack("video", "screenVideo"),
+        }
+        self._audio_seq = 0
+        self._audio_acked = 0
+        self._audio_acked_event = asyncio.Event()
+        self._audio_out_framer: AudioFramer | None = None
+        for event in (
+            "app-message", "track-started", "track-ended", "track-status",
+            "connecting", "connected", "disconnected", "closed", "failed", "new",
+        ):
+            self._register_event_handler(event)
+
+    @property
+    def pc_id(self) -> str:
+        """The peer connection identifier."""
+        return self._pc_id
+
+    async def connect(self):
+        """Tell the engine the bot is ready; "connected" fires once the peer is (or already was)."""
+        self._connect_invoked = True
+        self._outbox.send(SessionConnect(self._pc_id))
+
+    def is_connected(self) -> bool:
+        """Whether the bot is connected and the peer is alive (keepalives within the window)."""
+        return self._connect_invoked and self._state == "connected"
+
+    def send_app_message(self, message: Any):
+        """Send an application message (JSON-serializable) to the peer's data channel.
+
+        The engine queues it until the channel opens (at most 50 messages).
+        """
+        self._outbox.send(AppMessageOut(self._pc_id, json.dumps(message)))
+
+    def ask_to_renegotiate(self):
+        """Ask the peer for a new offer."""
+        self._outbox.send(PeerRenegotiate(self._pc_id))
+
+    async def disconnect(self):
+        """End the session: the peer gets ``peerLeft`` and its connection closes."""
+        if not self._closed:
+            self._closed = True
+            self._outbox.send(SessionClose(self._pc_id, "bot disconnected"))
+
+    def audio_input_track(self) -> InputTrack:
+        """The peer's microphone."""
+        return self._tracks[AUDIO_TRANSCEIVER_INDEX]
+
+    def video_input_track(self) -> InputTrack:
+        """The peer's camera."""
+        return self._tracks[VIDEO_TRANSCEIVER_INDEX]
+
+    def screen_video_input_track(self) -> InputTrack:
+        """The peer's screen share."""
+        return self._tracks[SCREEN_VIDEO_TRANSCEIVER_INDEX]
+
+    def open_output(self, audio_sample_rate: int, audio_auto_silence: bool, video_size: tuple[int, int] | None):
+        """Have the engine send the bot's audio (at this rate; 0 for none) and video (at this size) to the peer."""
+        width, height = video_size or (0, 0)
+        if audio_sample_rate:
+            self._audio_out_framer = AudioFramer(audio_sample_rate, 1, AUDIO_OUT_FRAME_MS)
+        self._outbox.send(OutputOpen(self._pc_id, audio_sample_rate, audio_auto_silence, width, height))
+
+    async def write_audio(self, pcm: bytes, sample_rate: int, num_channels: int) -> None:
+        """Send bot audio in 20 ms frames, returning once the engine's encoder is close behind."""
+        framer = self._audio_out_framer
+        if framer is None:
+            return
+        for chunk in framer.push(pcm, sample_rate, num_channels):
+            self._audio_seq += 1
+            self._outbox.send(AudioOut(self._pc_id, self._audio_seq, framer.sample_rate, 1), chunk)
+        while (self._audio_seq - self._audio_acked) * AUDIO_OUT_FRAME_MS > AUDIO_OUT_WINDOW_MS and not self._closed:
+            self._audio_acked_event.clear()
+            await self._audio_acked_event.wait()
+
+    def write_video(self, i420, width: int, height: int) -> None:
+        """Send a bot video frame (I420); an unsent older frame is replaced."""
+        self._outbox.send_latest((self._pc_id, "video-out"), VideoOut(self._pc_id, width, height), i420)
+
+    # ---- called by the worker's session actor, in message order ----
+
+    async def handle_state(self, state: PeerState) -> None:
+        """The engine reports the peer's state."""
+        self._state = state
+        await self._call_event_handler(state)
+
+    async def handle_track_status(self, receiver_index: int, enabled: bool) -> None:
+        """The peer turned a source on or off."""
+        track = self._tracks.get(receiver_index)
+        if track is not None:
+            track.set_enabled(enabled)
+        await self._call_event_handler("track-status", receiver_index, enabled)
+
+    async def handle_app_message(self, text: str) -> None:
+        """An application message from the peer."""
+        try:
+            message = json.loads(text)
+        except ValueError as e:
+            logger.warning(f"{self}: dropping an app message that is not JSON: {e}")
+            return
+        await self._call_event_handler("app-message", message)
+
+    def handle_audio_ack(self, seq: int) -> None:
+        """The engine's encoder took bot audio up to ``seq``."""
+        self._audio_acked = max(self._audio_acked, seq)
+        self._audio_acked_event.set()
+
+    async def handle_closed(self) -> None:
+        """The session is over on the engine's side."""
+        self._closed = True
+        self._audio_acked_event.set()
+        if self._state != "closed":
+            await self.handle_state("closed")
