@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
 from av import AudioFrame, VideoFrame
 from loguru import logger
 
@@ -275,6 +276,11 @@ class PeerActor:
     async def _handle_offer(self, offer: Offer) -> None:
         if offer.type != "offer":
             raise SignalingError(f"expected an SDP of type 'offer', got {offer.type!r}")
+        try:
+            if not SessionDescription.parse(offer.sdp).media:
+                raise ValueError("it has no media section")
+        except Exception as e:
+            raise SignalingError(f"invalid offer SDP: {e}") from e
         if self._pc is None:
             self._new_pc()
         elif offer.restart_pc:
@@ -285,7 +291,7 @@ class PeerActor:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type=offer.type))
         except Exception as e:
-            raise SignalingError(f"invalid offer: {e}") from e
+            raise SignalingError(f"invalid offer SDP: {e}") from e
         # aiortc answers recvonly unless told otherwise: the bot sends on the
         # first two transceivers (audio, camera) and only receives the rest.
         for index, transceiver in enumerate(pc.getTransceivers()):

@@ -151,9 +151,21 @@ class SmallWebRTCConnection(BaseObject):
 
     async def disconnect(self):
         """End the session: the peer gets ``peerLeft`` and its connection closes."""
+        self.end("bot disconnected")
+
+    def end(self, reason: str) -> None:
+        """Mark the session over, telling the engine unless it is the one that ended it."""
         if not self._closed:
             self._closed = True
-            self._outbox.send(SessionClose(self._pc_id, "bot disconnected"))
+            self._audio_acked_event.set()
+            self._outbox.send(SessionClose(self._pc_id, reason))
+
+    def deliver_media(self, message: AudioIn | VideoIn, payload: list) -> None:
+        """Route a frame from the engine to its input track."""
+        source = message.source if isinstance(message, VideoIn) else "microphone"
+        for track in self._tracks.values():
+            if track.source == source:
+                track.deliver(message, payload)
 
     def audio_input_track(self) -> InputTrack:
         """The peer's microphone."""

@@ -355,11 +355,13 @@ function onSignalling(s, message) {
 function onAppMessage(msg) {
   const isRtvi = msg?.label === "rtvi-ai";
   if (isRtvi && msg.type === "bot-ready") {
-    const about = msg.data?.about ?? {};
-    state.workerId = about.worker_id ?? null;
-    if (about.pc_id) state.pcId = about.pc_id;
+    log("system", "Bot ready.");
+  } else if (isRtvi && msg.type === "server-message" && msg.data?.type === "host-info") {
+    // The demo bot says which worker hosts the session.
+    state.workerId = msg.data.worker_id ?? null;
+    if (msg.data.pc_id) state.pcId = msg.data.pc_id;
     renderStats();
-    log("system", state.workerId === null ? "Bot ready." : `Bot ready on worker ${state.workerId}.`);
+    log("system", `Hosted by worker ${state.workerId}.`);
   } else if (isRtvi && msg.type === "server-response" && msg.data?.t === "chat") {
     addChat("bot", String(msg.data.d?.text ?? ""));
   } else {

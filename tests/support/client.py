@@ -649,8 +649,9 @@ class TestPeer:
 
     async def _teardown_pc(self) -> None:
         """Close the current peer connection and what belongs to it."""
-        task, self._ping_task = self._ping_task, None
-        await self._cancel([t for t in (list(self._pc_tasks) + ([task] if task else [])) if t is not asyncio.current_task()])
+        self._ping_task = None  # a pc-scoped task, cancelled below
+        current = asyncio.current_task()
+        await self._cancel([t for t in self._pc_tasks if t is not current])
         channel, self.channel = self.channel, None
         if channel is not None:
             with contextlib.suppress(Exception):

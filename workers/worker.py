@@ -1,0 +1,161 @@
+"""A worker process: joins an engine, hosts bot sessions, and leaves when told or when the engine goes silent."""
+
+import asyncio
+import importlib
+import os
+import signal
+import socket
+import time
+
+import msgspec
+import zmq
+import zmq.asyncio
+from loguru import logger
+
+from engine.link import Outbox, connect_dealer
+from engine.protocol import (
+    EngineHeartbeat,
+    SessionOpen,
+    WorkerAccept,
+    WorkerHeartbeat,
+    WorkerRegister,
+    WorkerStop,
+    decode,
+)
+from engine.settings import HostSettings
+from workers.session import Bot, Session
+
+# A stopping worker gives the engine this long to receive its last messages.
+FINAL_FLUSH_S = 0.3
+
+
+def load_bot(spec: str) -> Bot:
+    """The bot function named ``package.module:function``.
+
+    Raises:
+        ValueError: If the spec is malformed or names nothing callable.
+    """
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise ValueError(f"bot {spec!r} is not of the form package.module:function")
+    bot = getattr(importlib.import_module(module_name), function_name, None)
+    if not callable(bot):
+        raise ValueError(f"bot {spec!r}: {module_name} has no function {function_name}")
+    return bot
+
+
+class Worker:
+    """Hosts sessions for one engine: one socket, one outbox, one actor per session."""
+
+    def __init__(self, settings: HostSettings, endpoint: str, worker_id: str):
+        """Initialize the worker.
+
+        Args:
+            settings: Host settings (bot, capacity, timers).
+            endpoint: The engine's endpoint.
+            worker_id: This worker's id (its socket identity).
+        """
+        self.settings = settings
+        self.endpoint = endpoint
+        self.worker_id = worker_id
+        self.bot = load_bot(settings.bot)
+        self.outbox = Outbox("outbox to engine")
+        self.sessions: dict[str, Session] = {}
+        self._session_tasks: set[asyncio.Task] = set()
+        self._last_heard = time.monotonic()
+        self._loop_lag_ms = 0.0
+        self._stopping = asyncio.Event()
+        self.log = logger.bind(worker_id=worker_id)
+
+    async def run(self) -> None:
+        """Serve the engine until told to stop, signalled, or the engine goes silent."""
+        context = zmq.asyncio.Context()
+        dealer = connect_dealer(context, self.endpoint, self.worker_id)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stopping.set)
+        pump = asyncio.create_task(self.outbox.pump(lambda parts: dealer.send_multipart(parts, copy=False)))
+        receive = asyncio.create_task(self._receive(dealer))
+        heartbeat = asyncio.create_task(self._heartbeat())
+        self.outbox.send(
+            WorkerRegister(self.worker_id, os.getpid(), socket.gethostname(), self.settings.worker_capacity)
+        )
+        self.log.info(f"worker {self.worker_id} joining {self.endpoint} with bot {self.settings.bot}")
+        try:
+            await self._stopping.wait()
+        finally:
+            receive.cancel()
+            heartbeat.cancel()
+            for session in self.sessions.values():
+                session.close("worker stopping")
+            if self._session_tasks:
+                await asyncio.wait(self._session_tasks, timeout=self.settings.bot_end_grace_s + 1)
+            await asyncio.sleep(FINAL_FLUSH_S)
+            pump.cancel()
+            dealer.close(linger=0)
+            context.term()
+            self.log.info(f"worker {self.worker_id} stopped")
+
+    async def _receive(self, dealer: zmq.asyncio.Socket) -> None:
+        while True:
+            parts = await dealer.recv_multipart(copy=False)
+            self._last_heard = time.monotonic()
+            try:
+                message = decode(parts[0].buffer)
+            except msgspec.DecodeError as e:
+                self.log.warning(f"dropping an unreadable message from the engine: {e}")
+                continue
+            try:
+                self._dispatch(message, parts[1:])
+            except Exception:
+                self.log.exception(f"error handling {type(message).__name__}")
+
+    def _dispatch(self, message, payload: list) -> None:
+        match message:
+            case SessionOpen():
+                self._open(message)
+            case EngineHeartbeat():
+                pass
+            case WorkerAccept(engine_id=engine_id):
+                self.log.info(f"worker {self.worker_id} accepted by engine {engine_id}")
+            case WorkerStop(reason=reason):
+                self.log.info(f"worker {self.worker_id} asked to stop: {reason}")
+                self._stopping.set()
+            case _:
+                session = self.sessions.get(getattr(message, "session_id", None))
+                if session is not None:
+                    session.deliver(message, payload)
+
+    def _open(self, opening: SessionOpen) -> None:
+        if opening.session_id in self.sessions:
+            return
+        session = Session(opening, self.outbox, self.bot, self.worker_id, self.settings.bot_end_grace_s)
+        self.sessions[opening.session_id] = session
+        task = asyncio.create_task(session.run(), name=f"session-{opening.session_id}")
+        self._session_tasks.add(task)
+
+        def ended(_):
+            self._session_tasks.discard(task)
+            self.sessions.pop(opening.session_id, None)
+
+        task.add_done_callback(ended)
+        session.log.info(f"session {opening.session_id} started on worker {self.worker_id}")
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.heartbeat_interval_s
+        while True:
+            expected = time.monotonic() + interval
+            await asyncio.sleep(interval)
+            # How late the loop woke up: what every session on this worker suffers too.
+            self._loop_lag_ms = max(0.0, (time.monotonic() - expected) * 1000)
+            self.outbox.send(WorkerHeartbeat(len(self.sessions), self._loop_lag_ms))
+            silent = time.monotonic() - self._last_heard
+            if silent > self.settings.engine_silent_after_s:
+                self.log.error(f"worker {self.worker_id}: engine silent for {silent:.0f} s; leaving")
+                self._stopping.set()
+
+
+async def run_worker(settings: HostSettings, endpoint: str, worker_id: str | None = None) -> None:
+    """Run one worker until it stops."""
+    worker = Worker(settings, endpoint, worker_id or f"{socket.gethostname()}-{os.getpid()}")
+    await worker.run()
