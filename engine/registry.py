@@ -26,6 +26,7 @@ class WorkerHandle:
     outbox: Outbox
     last_seen: float = field(default_factory=time.monotonic)
     loop_lag_ms: float = 0.0
+    reported_sessions: int = 0
     sessions: set[str] = field(default_factory=set)
     pump_task: asyncio.Task | None = None
     lost_reason: str | None = None
@@ -45,6 +46,19 @@ class WorkerHandle:
         self.last_seen = time.monotonic()
         if heartbeat is not None:
             self.loop_lag_ms = heartbeat.loop_lag_ms
+            self.reported_sessions = heartbeat.sessions
+
+    def describe(self) -> dict:
+        """The worker as ``GET /workers`` shows it."""
+        return {
+            "worker_id": self.worker_id,
+            "pid": self.pid,
+            "hostname": self.hostname,
+            "capacity": self.capacity,
+            "sessions": sorted(self.sessions),
+            "reported_sessions": self.reported_sessions,
+            "loop_lag_ms": round(self.loop_lag_ms, 2),
+        }
 
 
 class WorkerRegistry:

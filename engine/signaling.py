@@ -150,6 +150,11 @@ def create_app(engine: Engine) -> FastAPI:
     async def status():
         return {"status": "ready", "transports": ["webrtc"]}
 
+    @app.get("/workers")
+    async def workers():
+        """The live workers, the sessions the engine placed on each, and what each last reported."""
+        return {"engine_id": engine.engine_id, "workers": [w.describe() for w in engine.registry]}
+
     @app.get("/", include_in_schema=False)
     async def demo_page():
         return FileResponse(STATIC_DIR / "index.html")

@@ -1,0 +1,118 @@
+"""Runs the real multiprocess host (``smallwebrtc-host serve``) for a test, on 127.0.0.1."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 5.0):
+    """GET a JSON document."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+class HostProcess:
+    """``smallwebrtc-host serve`` in a subprocess, confined to loopback.
+
+    Start it with ``start()`` (waits until every worker has joined), read its
+    log with ``log()``, stop it with ``stop()`` (SIGTERM, then SIGKILL).
+    """
+
+    def __init__(self, workers: int = 2, *extra_args: str, env: dict | None = None):
+        """Prepare the host.
+
+        Args:
+            workers: Local workers to start.
+            *extra_args: More ``serve`` flags.
+            env: Extra environment variables.
+        """
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
+        self._args = [
+            sys.executable, "-m", "engine.cli", "serve",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(workers), "--ice-host-addresses", "127.0.0.1",
+            *extra_args,
+        ]
+        self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._log = tempfile.NamedTemporaryFile(prefix="host-", suffix=".log", delete=False)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "HostProcess":
+        """Start the host and wait until its workers have joined."""
+        self.process = subprocess.Popen(
+            self._args, cwd=REPO, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"host exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if len(self.workers_status()) >= self.workers:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"host not ready within {timeout} s:\n{self.log()}")
+
+    def workers_status(self) -> list[dict]:
+        """``GET /workers``: the live workers."""
+        return get_json(f"{self.base_url}/workers")["workers"]
+
+    def worker_pids(self) -> dict[str, int]:
+        """Worker id to process id."""
+        return {w["worker_id"]: w["pid"] for w in self.workers_status()}
+
+    def wait_for(self, predicate, timeout: float = 10.0, interval: float = 0.1):
+        """Poll ``predicate(workers_status())`` until it returns something true."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.workers_status()
+            result = predicate(last)
+            if result:
+                return result
+            time.sleep(interval)
+        raise TimeoutError(f"condition not met within {timeout} s; workers: {last}")
+
+    def log(self) -> str:
+        """Everything the host printed so far."""
+        return Path(self._log.name).read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM the host and wait; SIGKILL its whole process group if it hangs."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> "HostProcess":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
