@@ -70,7 +70,7 @@ def _to_rtc_candidates(candidates: list[IceCandidateModel]) -> list:
             continue
         try:
             candidate = candidate_from_sdp(c.candidate.removeprefix("candidate:"))
-        except (ValueError, IndexError) as e:
+        except Exception as e:  # aioice's parser asserts as well as raising
             raise HTTPException(400, f"invalid ICE candidate {c.candidate!r}: {e}") from e
         candidate.sdpMid = c.sdp_mid
         candidate.sdpMLineIndex = c.sdp_mline_index

@@ -567,26 +567,37 @@ class TestPeer:
                 raise SignallingError(method, url, response.status, text)
             return json.loads(text)
 
+    # Hooks a subclass may override (the load generator of tests/bench does).
+
+    def _make_local_tracks(self) -> tuple[Any, Any]:
+        """The tracks to send: (microphone, camera or None). Called for every new peer connection."""
+        audio = ToneTrack(self.tone_hz)
+        video = ColourBarsTrack(self.width, self.height) if self.send_video else None
+        return audio, video
+
+    def _configure_pc(self, pc: RTCPeerConnection) -> None:
+        """Called once the three transceivers are added, before any negotiation."""
+
+    def _on_remote_track(self, track) -> None:
+        """A remote track arrived on the current peer connection: by default, read and keep it."""
+        self._spawn(self._receive(track), pc_scoped=True)
+
     def _build_pc(self) -> None:
         pc = RTCPeerConnection(
             RTCConfiguration(iceServers=list(self._ice_servers), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
         self.pc = pc
-        tone = ToneTrack(self.tone_hz)
-        self._local_tracks = [tone]
-        pc.addTransceiver(tone, direction="sendrecv")
-        if self.send_video:
-            bars = ColourBarsTrack(self.width, self.height)
-            self._local_tracks.append(bars)
-            pc.addTransceiver(bars, direction="sendrecv")
-        else:
-            pc.addTransceiver("video", direction="sendrecv")
+        audio, video = self._make_local_tracks()
+        self._local_tracks = [t for t in (audio, video) if t is not None]
+        pc.addTransceiver(audio, direction="sendrecv")
+        pc.addTransceiver(video if video is not None else "video", direction="sendrecv")
         pc.addTransceiver("video", direction="sendonly")  # screen share slot, no track
+        self._configure_pc(pc)
 
         @pc.on("track")
         def on_track(track) -> None:
             if pc is self.pc:
-                self._spawn(self._receive(track), pc_scoped=True)
+                self._on_remote_track(track)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:

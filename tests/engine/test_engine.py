@@ -1,0 +1,138 @@
+"""The real multiprocess host against real aiortc peers: media, messages, placement, failures, shutdown."""
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.client import TestPeer, bars_match, dominant_frequency
+from tests.support.host import HostProcess
+
+SMALL_VIDEO = {"video_width": 320, "video_height": 240}
+
+
+@pytest.fixture(scope="module")
+def host():
+    """One host with two workers for the tests that leave it as they found it."""
+    with HostProcess(workers=2) as running:
+        yield running
+        print(running.log()[-4000:])
+
+
+async def host_info(peer: TestPeer) -> dict:
+    """The demo bot's RTVI ``host-info`` message, asked for with ``client-ready``."""
+    await peer.send_app_message({"label": "rtvi-ai", "id": "ready-1", "type": "client-ready", "data": {"version": "2.2.0"}})
+    message = await peer.wait_for_message(
+        lambda m: m.get("type") == "server-message" and m["data"].get("type") == "host-info"
+    )
+    return message["data"]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def test_echo_round_trip(host):
+    async with TestPeer(host.base_url) as peer:
+        await peer.connect(request_data=SMALL_VIDEO)
+
+        frames = await peer.wait_for_video_frames(10)
+        # The demo bot mirrors the picture; VP8 twice and YUV twice stay within 40 levels.
+        assert bars_match(frames[-1][1], mirrored=True), "the echoed colour bars lost their colours"
+
+        audio = await peer.wait_for_audio(1.0)
+        assert abs(dominant_frequency(audio, 48000) - 440.0) < 5.0
+
+        await peer.send_app_message({"type": "greeting", "text": "hello"})
+        echoed = await peer.wait_for_message(lambda m: "echo" in m)
+        assert echoed["echo"] == {"type": "greeting", "text": "hello"}
+
+        info = await host_info(peer)
+        assert info["pc_id"] == peer.pc_id
+        assert info["worker_id"] in host.worker_pids()
+
+
+async def test_client_leaving_ends_the_bot(host):
+    peer = TestPeer(host.base_url)
+    await peer.connect(request_data=SMALL_VIDEO)
+    worker_id = (await host_info(peer))["worker_id"]
+    pc_id = peer.pc_id
+    await peer.close()
+
+    def session_gone(workers):
+        worker = next(w for w in workers if w["worker_id"] == worker_id)
+        return pc_id not in worker["sessions"] and worker["reported_sessions"] == 0
+
+    host.wait_for(session_gone, timeout=10)
+    assert f"session {pc_id} ended on worker {worker_id}" in host.log()
+
+
+async def test_two_clients_land_on_two_workers(host):
+    async with TestPeer(host.base_url, tone_hz=440) as first, TestPeer(host.base_url, tone_hz=660) as second:
+        await asyncio.gather(first.connect(request_data=SMALL_VIDEO), second.connect(request_data=SMALL_VIDEO))
+        first_info, second_info = await asyncio.gather(host_info(first), host_info(second))
+        assert first_info["worker_id"] != second_info["worker_id"]
+
+        first_audio, second_audio = await asyncio.gather(first.wait_for_audio(1.0), second.wait_for_audio(1.0))
+        assert abs(dominant_frequency(first_audio, 48000) - 440) < 5
+        assert abs(dominant_frequency(second_audio, 48000) - 660) < 5
+
+
+async def test_bad_json_on_the_data_channel_is_ignored(host):
+    async with TestPeer(host.base_url) as peer:
+        await peer.connect(request_data=SMALL_VIDEO)
+        peer.channel.send("{this is not json")
+        peer.channel.send(json.dumps({"type": "signalling", "message": {"type": "trackStatus", "receiver_index": 9}}))
+        await peer.send_app_message({"type": "after"})
+        assert (await peer.wait_for_message(lambda m: "echo" in m))["echo"] == {"type": "after"}
+    assert "not JSON" in host.log()
+
+
+async def test_start_session_flow(host):
+    async with TestPeer(host.base_url, use_start=True) as peer:
+        await peer.connect(request_data=SMALL_VIDEO)
+        assert peer.session_id
+        frames = await peer.wait_for_video_frames(5)
+        assert frames[-1][1].shape == (240, 320, 3)
+
+
+async def test_a_worker_that_dies_ends_only_its_sessions():
+    with HostProcess(workers=2) as host:
+        async with TestPeer(host.base_url) as victim, TestPeer(host.base_url) as survivor:
+            await asyncio.gather(victim.connect(request_data=SMALL_VIDEO), survivor.connect(request_data=SMALL_VIDEO))
+            victim_worker = (await host_info(victim))["worker_id"]
+            survivor_worker = (await host_info(survivor))["worker_id"]
+            assert victim_worker != survivor_worker
+
+            os.kill(host.worker_pids()[victim_worker], signal.SIGKILL)
+            killed_at = time.monotonic()
+            await victim.wait_for_signalling("peerLeft", timeout=3.5)
+            assert time.monotonic() - killed_at < 3.5
+            assert f"worker {victim_worker} lost" in host.log()
+
+            # The other session goes on: fresh video and audio keep arriving.
+            await survivor.wait_for_video_frames(10, timeout=5)
+            await survivor.wait_for_audio(0.5, timeout=5)
+            assert [w["worker_id"] for w in host.workers_status()] == [survivor_worker]
+
+
+async def test_shutdown_leaves_no_processes_or_socket_files():
+    host = HostProcess(workers=2).start()
+    pids = list(host.worker_pids().values())
+    runtime_dirs = [line.split("ipc://", 1)[1].rsplit("/", 1)[0] for line in host.log().splitlines() if "ipc://" in line]
+    assert runtime_dirs and Path(runtime_dirs[0]).exists()
+    async with TestPeer(host.base_url) as peer:
+        await peer.connect(request_data=SMALL_VIDEO)
+        assert host.stop() == 0
+        await peer.wait_for_signalling("peerLeft", timeout=5)
+    assert not any(process_alive(pid) for pid in pids)
+    assert not Path(runtime_dirs[0]).exists()

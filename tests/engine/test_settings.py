@@ -1,0 +1,54 @@
+"""Configuration: file, then environment, then flags; bad settings are named."""
+
+import pytest
+from pydantic import ValidationError
+
+from engine.settings import DEFAULT_CONFIG_FILE, HostSettings, load_settings
+
+
+def test_the_default_file_documents_every_option():
+    text = DEFAULT_CONFIG_FILE.read_text()
+    for name in HostSettings.model_fields:
+        assert f"\n{name} = " in text, f"config/host.toml lacks {name}"
+
+
+def test_file_then_env_then_flags(tmp_path, monkeypatch):
+    config = tmp_path / "host.toml"
+    config.write_text('port = 1000\nworkers = 3\nlog_level = "DEBUG"\n')
+    monkeypatch.setenv("SMALLWEBRTC_HOST_WORKERS", "5")
+    monkeypatch.setenv("SMALLWEBRTC_HOST_PORT", "2000")
+    settings = load_settings(str(config), port=3000)
+    assert (settings.port, settings.workers, settings.log_level) == (3000, 5, "DEBUG")
+
+
+def test_cli_lists(monkeypatch):
+    monkeypatch.delenv("SMALLWEBRTC_HOST_CONFIG", raising=False)
+    settings = load_settings(ice_host_addresses="127.0.0.1, ::1", ice_servers="stun:a:1,turn:b:2")
+    assert settings.ice_host_addresses == ["127.0.0.1", "::1"]
+    assert [s.urls for s in settings.ice_servers] == ["stun:a:1", "turn:b:2"]
+
+
+def test_turn_credentials_from_the_environment(monkeypatch):
+    monkeypatch.setenv(
+        "SMALLWEBRTC_HOST_ICE_SERVERS", '[{"urls": "turn:t:3478", "username": "u", "credential": "p"}]'
+    )
+    server = HostSettings().ice_servers[0]
+    assert server.to_client() == {"urls": "turn:t:3478", "username": "u", "credential": "p"}
+
+
+@pytest.mark.parametrize("field, value", [("port", 70000), ("sctp_max_chunk_size", 5000), ("connection_mode", "some")])
+def test_invalid_settings_name_the_setting(field, value):
+    with pytest.raises(ValidationError, match=field):
+        load_settings(**{field: value})
+
+
+def test_unknown_setting_in_the_file_is_refused(tmp_path):
+    config = tmp_path / "host.toml"
+    config.write_text("prot = 1\n")
+    with pytest.raises(ValidationError, match="prot"):
+        load_settings(str(config))
+
+
+def test_missing_config_file():
+    with pytest.raises(FileNotFoundError):
+        load_settings("/nonexistent/host.toml")

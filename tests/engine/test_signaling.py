@@ -1,0 +1,93 @@
+"""The HTTP routes of the wire contract against the real host, bad input included."""
+
+import aiohttp
+import pytest
+
+from tests.support.client import TestPeer
+from tests.support.host import HostProcess
+
+
+@pytest.fixture(scope="module")
+def host():
+    with HostProcess(1, "--ice-servers", "stun:127.0.0.1:3478") as running:
+        yield running
+
+
+async def request(method: str, url: str, **kwargs) -> tuple[int, object]:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, url, **kwargs) as response:
+            try:
+                body = await response.json(content_type=None)
+            except ValueError:
+                body = await response.text()
+            return response.status, body
+
+
+async def test_status(host):
+    assert await request("GET", f"{host.base_url}/status") == (200, {"status": "ready", "transports": ["webrtc"]})
+
+
+async def test_start_hands_out_the_configured_ice_servers(host):
+    status, body = await request("POST", f"{host.base_url}/start", json={"transport": "webrtc", "body": {"a": 1}})
+    assert status == 200
+    assert body["sessionId"]
+    assert body["iceConfig"] == {"iceServers": [{"urls": "stun:127.0.0.1:3478"}]}
+
+
+async def test_start_refuses_other_transports(host):
+    status, body = await request("POST", f"{host.base_url}/start", json={"transport": "daily"})
+    assert status == 400 and "daily" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "payload, status, words",
+    [
+        ({"sdp": "garbage", "type": "offer"}, 400, "invalid offer SDP"),
+        ({"sdp": "v=0\r\n", "type": "answer"}, 400, "expected an SDP of type 'offer'"),
+        ({"type": "offer"}, 422, "sdp"),
+        ({"sdp": "v=0", "type": "offer", "pc_id": "no-such-peer"}, 404, "no session with pc_id no-such-peer"),
+    ],
+)
+async def test_bad_offers_get_a_clear_4xx(host, payload, status, words):
+    got_status, body = await request("POST", f"{host.base_url}/api/offer", json=payload)
+    assert got_status == status
+    assert words in str(body)
+
+
+async def test_malformed_json_gets_422(host):
+    status, body = await request(
+        "POST", f"{host.base_url}/api/offer", data="{not json", headers={"content-type": "application/json"}
+    )
+    assert status == 422 and "JSON" in str(body)
+
+
+async def test_patch_unknown_pc_id_is_404(host):
+    status, body = await request("PATCH", f"{host.base_url}/api/offer", json={"pc_id": "nope", "candidates": []})
+    assert status == 404 and "nope" in body["detail"]
+
+
+async def test_unknown_start_session_is_404(host):
+    status, _ = await request("POST", f"{host.base_url}/sessions/unknown/api/offer", json={"sdp": "v=0", "type": "offer"})
+    assert status == 404
+
+
+async def test_trickled_candidates_end_marker_duplicates_and_garbage(host):
+    async with TestPeer(host.base_url) as peer:
+        await peer.connect()
+        candidates = peer.local_candidates()
+        assert candidates
+        end_marker = {"candidate": "", "sdp_mid": "0", "sdp_mline_index": 0}
+        status, body = await peer.patch_candidates(candidates + candidates + [end_marker])
+        assert (status, body) == (200, {"status": "success"})
+        status, body = await peer.patch_candidates([{"candidate": "candidate:garbage", "sdp_mid": "0", "sdp_mline_index": 0}])
+        assert status == 400 and "invalid ICE candidate" in body["detail"]
+        # The session survives all of it.
+        await peer.send_app_message({"type": "still-there"})
+        await peer.wait_for_message(lambda m: m.get("echo") == {"type": "still-there"})
+
+
+async def test_the_demo_page_is_served(host):
+    status, body = await request("GET", f"{host.base_url}/")
+    assert status == 200 and "<html" in body.lower()
+    status, _ = await request("GET", f"{host.base_url}/static/demo.js")
+    assert status == 200
