@@ -33,14 +33,16 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _spawn_worker(engine: Engine, settings: HostSettings, index: int):
+async def _spawn_worker(engine: Engine, settings: HostSettings, config_file: str | None, index: int):
     worker_id = f"{engine.engine_id}-w{index}"
+    config = ["--config", config_file] if config_file else []
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "engine.cli", "worker",
         "--engine", engine.endpoint,
         "--worker-id", worker_id,
         "--bot", settings.bot,
         "--log-level", settings.log_level,
+        *config,
         # Its own session: a terminal's Ctrl-C reaches the engine, which stops workers in order.
         start_new_session=True,
     )
@@ -64,7 +66,7 @@ async def _stop_processes(processes) -> None:
     await asyncio.gather(*(stop(p) for p in processes))
 
 
-async def serve(settings: HostSettings) -> None:
+async def serve(settings: HostSettings, config_file: str | None = None) -> None:
     """Run the engine, its HTTP API and ``settings.worker_count`` local workers until signalled."""
     engine = Engine(settings)
     await engine.start()
@@ -86,7 +88,7 @@ async def serve(settings: HostSettings) -> None:
         loop.add_signal_handler(sig, request_exit)
     try:
         for index in range(settings.worker_count):
-            processes.append(await _spawn_worker(engine, settings, index))
+            processes.append(await _spawn_worker(engine, settings, config_file, index))
         if settings.host not in ("127.0.0.1", "localhost", "::1"):
             logger.warning(f"listening on {settings.host}: the HTTP API is reachable from the network")
         print(f"smallwebrtc-host: http://{settings.host}:{settings.port}/ ({len(processes)} workers)", flush=True)
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--ice-host-addresses", help="comma-separated addresses to gather host candidates on")
     serve_cmd.add_argument("--ice-servers", help="comma-separated STUN/TURN URLs")
     serve_cmd.add_argument("--engine-endpoint", help="where workers reach the engine (default: private ipc socket)")
+    serve_cmd.add_argument("--connection-mode", choices=["single", "multiple"], help="one peer at a time, or many")
+    serve_cmd.add_argument("--esp32", action="store_true", default=None, help="munge answers for ESP32 clients")
     serve_cmd.add_argument("--log-level")
 
     worker_cmd = commands.add_parser("worker", help="run one worker that joins a running engine")
@@ -133,10 +137,11 @@ def main(argv: list[str] | None = None) -> None:
             args, host=args.host, port=args.port, workers=args.workers, bot=args.bot,
             ice_host_addresses=args.ice_host_addresses, ice_servers=args.ice_servers,
             engine_endpoint=args.engine_endpoint, log_level=args.log_level,
+            connection_mode=args.connection_mode, esp32=args.esp32,
         )
         configure_logging(settings.log_level)
         try:
-            uvloop.run(serve(settings))
+            uvloop.run(serve(settings, args.config))
         except ValueError as e:
             sys.exit(f"smallwebrtc-host: invalid configuration: {e}")
     else:

@@ -13,6 +13,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 from loguru import logger
+from pipecat.runner.utils import smallwebrtc_sdp_munging
 
 import aiortc.rtcsctptransport
 from engine.ice import restrict_host_addresses
@@ -112,6 +113,12 @@ class Engine:
 
     # ---- signaling entry points ----
 
+    @property
+    def _esp32_host(self) -> str | None:
+        # Pipecat's runner keeps only the candidates of the host it serves on.
+        host = self.settings.host
+        return None if host in ("0.0.0.0", "::") else host
+
     def live_peer_count(self) -> int:
         """Sessions that have not ended."""
         return sum(1 for peer in self.peers.values() if not peer.ended)
@@ -136,9 +143,12 @@ class Engine:
             if peer is None or peer.ended:
                 raise OfferRejected(404, f"no session with pc_id {pc_id}")
             try:
-                return await peer.offer(sdp, type, restart_pc)
+                answer = await peer.offer(sdp, type, restart_pc)
             except SignalingError as e:
                 raise OfferRejected(400, str(e)) from e
+            if self.settings.esp32:
+                answer["sdp"] = smallwebrtc_sdp_munging(answer["sdp"], self._esp32_host)
+            return answer
 
         if self.settings.connection_mode == ConnectionMode.SINGLE and self.live_peer_count():
             raise OfferRejected(400, "Cannot create new connection with existing connection active")
@@ -156,6 +166,8 @@ class Engine:
         except SignalingError as e:
             peer.close(f"rejected offer: {e}", tell_worker=False)
             raise OfferRejected(400, str(e)) from e
+        if self.settings.esp32:
+            answer["sdp"] = smallwebrtc_sdp_munging(answer["sdp"], self._esp32_host)
         worker.outbox.send(SessionOpen(pc_id, runner_session_id or str(uuid.uuid4()), body))
         peer.log.info(f"peer {pc_id}: new session on worker {worker.worker_id}")
         return answer

@@ -28,6 +28,8 @@ from engine.protocol import (
     AudioIn,
     AudioOut,
     AudioOutAck,
+    AudioOutClear,
+    MediaCaptureSet,
     OutputOpen,
     PeerRenegotiate,
     PeerState,
@@ -61,6 +63,8 @@ AUDIO_IN_LANE_FRAMES = 25
 RENEGOTIATION_GUARD_S = 2.0
 # How often the actor re-evaluates liveness (ping window, lost peers).
 LIVENESS_TICK_S = 0.5
+# Slack in the video frame schedule, so a frame that arrives a little early still counts.
+FRAME_JITTER_S = 0.01
 # How long a closing session waits for "peerLeft" to leave the data channel.
 PEER_LEFT_FLUSH_S = 0.5
 
@@ -146,6 +150,9 @@ class PeerActor:
         self._queueing = True
         self._held_app_messages: deque[str] = deque(maxlen=MAX_HELD_APP_MESSAGES)
         self._enabled_sources = {index: True for index in SOURCES}
+        # What the bot captures, by source: None = every frame, 0 = nothing, else at most that fps.
+        self._capture: dict[str, float | None] = {}
+        self._bot_was_late = False
         self._readers: dict[int, asyncio.Task] = {}
         self._audio_out: RawAudioTrack | None = None
         self._video_out: RawVideoTrack | None = None
@@ -384,6 +391,7 @@ class PeerActor:
             self.log.warning(f"peer {self.pc_id}: ignoring malformed trackStatus {message!r}")
             return
         self._enabled_sources[index] = enabled
+        self._apply_capture(index)
         self.worker.outbox.send(TrackStatusChange(self.pc_id, index, enabled))
 
     def _peer_state(self) -> PeerState:
@@ -447,9 +455,14 @@ class PeerActor:
                 self._send_to_peer(text)
             case SessionConnect():
                 self._bot_ready = True
+                self._bot_was_late = self._peer_state() == "connected"
                 if self._pc is not None:
                     self._start_readers()
                 self._report_state()
+            case MediaCaptureSet():
+                self._set_capture(message)
+            case AudioOutClear() if self._audio_out is not None:
+                self._audio_out.clear()
             case OutputOpen():
                 self._open_outputs(message)
             case PeerRenegotiate():
@@ -490,29 +503,66 @@ class PeerActor:
         transceivers = self._pc.getTransceivers()
         for index in SOURCES:
             if index < len(transceivers) and index not in self._readers:
-                receiver = transceivers[index].receiver
-                # aiortc decodes nothing for a disabled receiver, and its
-                # queues only grow while someone reads them: read every frame.
-                receiver._enabled = True
-                self._readers[index] = asyncio.create_task(self._read(index, receiver.track))
+                self._readers[index] = asyncio.create_task(self._read(index, transceivers[index].receiver))
+                self._apply_capture(index)
 
-    async def _read(self, index: int, track) -> None:
+    def _wanted(self, index: int) -> bool:
+        """Whether the bot wants this source now (captured, and not muted if it is video)."""
+        source = SOURCES[index]
+        if self._capture.get(source, 0) == 0:
+            return False
+        return index == AUDIO_TRANSCEIVER_INDEX or self._enabled_sources[index]
+
+    def _apply_capture(self, index: int) -> None:
+        transceivers = self._pc.getTransceivers() if self._pc else []
+        if index < len(transceivers):
+            # aiortc neither decodes nor queues for a disabled receiver: a
+            # source the bot does not read costs nothing and never piles up.
+            transceivers[index].receiver._enabled = self._wanted(index)
+
+    def _set_capture(self, request: MediaCaptureSet) -> None:
+        index = next((i for i, source in SOURCES.items() if source == request.source), None)
+        if index is None:
+            self.log.warning(f"peer {self.pc_id}: the bot asked for an unknown source {request.source!r}")
+            return
+        starting = not self._wanted(index)
+        self._capture[request.source] = request.max_fps
+        if self._pc is not None:
+            self._apply_capture(index)
+        if starting and index != AUDIO_TRANSCEIVER_INDEX and self._wanted(index) and self._bot_was_late:
+            # The peer connected before the bot: ask for a new offer so a fresh
+            # keyframe comes now rather than at the sender's next scheduled one.
+            self._bot_was_late = False
+            self._ask_to_renegotiate()
+
+    async def _read(self, index: int, receiver) -> None:
         source = SOURCES[index]
         send = self.worker.outbox
+        lane = (self.pc_id, source)
+        next_due = 0.0
         try:
             while True:
-                frame = await track.recv()
+                frame = await receiver.track.recv()
+                if not receiver._enabled:
+                    continue  # decoded before the bot stopped wanting it
                 if isinstance(frame, AudioFrame):
-                    size = frame.samples * len(frame.layout.channels) * 2
-                    message = AudioIn(self.pc_id, frame.sample_rate, len(frame.layout.channels), frame.pts)
-                    send.send_bounded((self.pc_id, source), AUDIO_IN_LANE_FRAMES, message, memoryview(frame.planes[0])[:size])
-                elif isinstance(frame, VideoFrame) and self._enabled_sources[index]:
-                    planes = frame.planes
-                    message = VideoIn(
-                        self.pc_id, source, frame.format.name, frame.width, frame.height,
-                        [plane.line_size for plane in planes], frame.pts,
-                    )
-                    send.send_latest((self.pc_id, source), message, *planes)
+                    channels = len(frame.layout.channels)
+                    message = AudioIn(self.pc_id, frame.sample_rate, channels, frame.pts)
+                    pcm = memoryview(frame.planes[0])[: frame.samples * channels * 2]
+                    send.send_bounded(lane, AUDIO_IN_LANE_FRAMES, message, pcm)
+                    continue
+                max_fps = self._capture.get(source)
+                now = time.monotonic()
+                if max_fps:
+                    if now < next_due - FRAME_JITTER_S:
+                        continue
+                    next_due = max(next_due, now - FRAME_JITTER_S) + 1 / max_fps
+                planes = frame.planes
+                message = VideoIn(
+                    self.pc_id, source, frame.format.name, frame.width, frame.height,
+                    [plane.line_size for plane in planes], frame.pts,
+                )
+                send.send_latest(lane, message, *planes)
         except MediaStreamError:
             self.log.debug(f"peer {self.pc_id}: {source} track ended")
 

@@ -104,6 +104,23 @@ class PeerRenegotiate(msgspec.Struct, tag=True, frozen=True):
     session_id: str
 
 
+class MediaCaptureSet(msgspec.Struct, tag=True, frozen=True):
+    """Worker to engine: forward this source's frames: all (None), none (0), or at most ``max_fps``.
+
+    A source nobody captures is not even decoded.
+    """
+
+    session_id: str
+    source: str
+    max_fps: float | None
+
+
+class AudioOutClear(msgspec.Struct, tag=True, frozen=True):
+    """Worker to engine: the bot was interrupted; drop the bot audio not yet encoded."""
+
+    session_id: str
+
+
 class OutputOpen(msgspec.Struct, tag=True, frozen=True):
     """Worker to engine: attach the bot's output tracks (a size or rate of 0 means none)."""
 
@@ -173,6 +190,8 @@ Message = (
     | AppMessageIn
     | AppMessageOut
     | PeerRenegotiate
+    | MediaCaptureSet
+    | AudioOutClear
     | OutputOpen
     | AudioIn
     | VideoIn

@@ -1,11 +1,13 @@
 """Host configuration: the defaults file, then environment variables, then CLI flags.
 
-Every option is documented in ``config/host.toml``. Environment variables are
+Every option is documented in ``config/host.toml``; another file can be named
+with ``--config`` or ``SMALLWEBRTC_HOST_CONFIG``. Environment variables are
 the option names in upper case with the prefix ``SMALLWEBRTC_HOST_`` (lists as
 JSON, e.g. ``SMALLWEBRTC_HOST_ICE_HOST_ADDRESSES='["127.0.0.1"]'``).
 """
 
 import os
+from contextvars import ContextVar
 from enum import Enum
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from pydantic_settings import (
 from engine.ice import IceServer
 
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "host.toml"
+# The file load_settings() was asked to read, for the settings being built now.
+_config_file: ContextVar[str | None] = ContextVar("config_file", default=None)
 
 
 class ConnectionMode(str, Enum):
@@ -42,8 +46,11 @@ class HostSettings(BaseSettings):
     engine_endpoint: str = ""
     ice_servers: list[IceServer] = []
     ice_host_addresses: list[str] = []
-    sctp_max_chunk_size: int = Field(1100, ge=256, le=1200)
+    sctp_max_chunk_size: int = Field(
+        default_factory=lambda: int(os.environ.get("PIPECAT_SCTP_MAX_CHUNK_SIZE", 1100)), ge=256, le=1200
+    )
     connection_mode: ConnectionMode = ConnectionMode.MULTIPLE
+    esp32: bool = False
     connecting_timeout_s: float = Field(60.0, gt=0)
     data_channel_timeout_s: float = Field(10.0, gt=0)
     ping_window_s: float = Field(3.0, gt=0)
@@ -84,7 +91,7 @@ class HostSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ):
         """CLI flags (passed as init arguments) win over the environment, which wins over the file."""
-        config_file = Path(os.environ.get("SMALLWEBRTC_HOST_CONFIG", DEFAULT_CONFIG_FILE))
+        config_file = Path(_config_file.get() or os.environ.get("SMALLWEBRTC_HOST_CONFIG") or DEFAULT_CONFIG_FILE)
         sources = [init_settings, env_settings]
         if config_file.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
@@ -102,8 +109,10 @@ def load_settings(config_file: str | None = None, **overrides) -> HostSettings:
         FileNotFoundError: If ``config_file`` does not exist.
         pydantic.ValidationError: If a setting is invalid; the message names it.
     """
-    if config_file is not None:
-        if not Path(config_file).is_file():
-            raise FileNotFoundError(f"config file {config_file} does not exist")
-        os.environ["SMALLWEBRTC_HOST_CONFIG"] = str(Path(config_file).resolve())
-    return HostSettings(**{k: v for k, v in overrides.items() if v is not None})
+    if config_file is not None and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    token = _config_file.set(config_file)
+    try:
+        return HostSettings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _config_file.reset(token)

@@ -19,6 +19,8 @@ from engine.protocol import (
     AppMessageOut,
     AudioIn,
     AudioOut,
+    AudioOutClear,
+    MediaCaptureSet,
     OutputOpen,
     PeerRenegotiate,
     PeerState,
@@ -144,6 +146,16 @@ class SmallWebRTCConnection(BaseObject):
         The engine queues it until the channel opens (at most 50 messages).
         """
         self._outbox.send(AppMessageOut(self._pc_id, json.dumps(message)))
+
+    def capture(self, source: str, max_fps: float | None) -> None:
+        """Have the engine forward a source: every frame (None), nothing (0), or at most ``max_fps``."""
+        self._outbox.send(MediaCaptureSet(self._pc_id, source, max_fps))
+
+    def clear_audio_out(self) -> None:
+        """Drop the bot audio the engine has not encoded yet (an interruption)."""
+        if self._audio_out_framer is not None:
+            self._audio_out_framer.clear()
+        self._outbox.send(AudioOutClear(self._pc_id))
 
     def ask_to_renegotiate(self):
         """Ask the peer for a new offer."""

@@ -14,6 +14,8 @@ from typing import Any
 from loguru import logger
 from pipecat.frames.frames import (
     ClientConnectedFrame,
+    Frame,
+    InterruptionFrame,
     InputAudioRawFrame,
     OutputAudioRawFrame,
     OutputImageRawFrame,
@@ -21,6 +23,7 @@ from pipecat.frames.frames import (
     OutputTransportMessageUrgentFrame,
     SpriteFrame,
     UserImageRawFrame,
+    UserImageRequestFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.base_transport import BaseTransport, TransportParams
@@ -52,6 +55,11 @@ _SOURCES_BY_RECEIVER = {
 NO_MEDIA_WARNING_S = 2.0
 # The bot reads audio in frames of this length.
 AUDIO_IN_FRAME_MS = 20
+# SmallWebRTC has one peer, so Pipecat keeps all its video samplers under one id.
+_PEER_ID = pipecat_smallwebrtc._PEER_ID
+# The engine forwards this much more than a sampler's framerate, so arrival
+# jitter never makes the sampler miss a frame it wanted.
+ENGINE_FPS_HEADROOM = 1.5
 
 
 async def _ignore_track_status(source: str, enabled: bool) -> None:
@@ -151,6 +159,35 @@ class SmallWebRTCClient:
                 if self.is_connected and track.is_enabled():
                     logger.warning(f"Timeout: no {track.source} frame received within {NO_MEDIA_WARNING_S:g} s.")
 
+    async def read_raw_video(self, video_source: str):
+        """Yield the peer's video frames of a source as the engine sent them, unconverted.
+
+        Args:
+            video_source: "camera" or "screenVideo".
+
+        Yields:
+            ``(VideoIn header, plane buffers)`` pairs.
+        """
+        while True:
+            yield await self._next(lambda: self._video_track(video_source))
+
+    def to_image_frame(self, header, planes: list, video_source: str) -> UserImageRawFrame | None:
+        """Convert a raw frame to RGB as a ``UserImageRawFrame``, or None if it cannot be."""
+        try:
+            rgb = planes_to_rgb(header.format, header.width, header.height, [p.buffer for p in planes], header.line_sizes)
+        except ValueError as e:
+            logger.warning(f"{self._webrtc_connection.pc_id}: dropping a {video_source} frame: {e}")
+            return None
+        image_frame = UserImageRawFrame(
+            user_id=self._webrtc_connection.pc_id,
+            image=rgb.tobytes(),
+            size=(header.width, header.height),
+            format="RGB",
+        )
+        image_frame.transport_source = video_source
+        image_frame.pts = header.pts
+        return image_frame
+
     async def read_video_frame(self, video_source: str):
         """Read video frames from the WebRTC connection.
 
@@ -163,22 +200,10 @@ class SmallWebRTCClient:
         Yields:
             UserImageRawFrame objects containing video data from the peer.
         """
-        while True:
-            header, planes = await self._next(lambda: self._video_track(video_source))
-            try:
-                rgb = planes_to_rgb(header.format, header.width, header.height, [p.buffer for p in planes], header.line_sizes)
-            except ValueError as e:
-                logger.warning(f"{self._webrtc_connection.pc_id}: dropping a {video_source} frame: {e}")
-                continue
-            image_frame = UserImageRawFrame(
-                user_id=self._webrtc_connection.pc_id,
-                image=rgb.tobytes(),
-                size=(header.width, header.height),
-                format="RGB",
-            )
-            image_frame.transport_source = video_source
-            image_frame.pts = header.pts
-            yield image_frame
+        async for header, planes in self.read_raw_video(video_source):
+            image_frame = self.to_image_frame(header, planes, video_source)
+            if image_frame is not None:
+                yield image_frame
 
     async def read_audio_frame(self):
         """Read audio frames from the WebRTC connection.
@@ -190,14 +215,18 @@ class SmallWebRTCClient:
             InputAudioRawFrame objects containing audio data from the peer.
         """
         framer = AudioFramer(self._in_sample_rate, self._audio_in_channels, AUDIO_IN_FRAME_MS)
-        while True:
-            header, payload = await self._next(lambda: self._audio_input_track)
-            for chunk in framer.push(payload[0].buffer, header.sample_rate, header.num_channels):
-                audio_frame = InputAudioRawFrame(
-                    audio=chunk, sample_rate=self._in_sample_rate, num_channels=self._audio_in_channels
-                )
-                audio_frame.pts = header.pts
-                yield audio_frame
+        self._webrtc_connection.capture(MIC_AUDIO_SOURCE, None)
+        try:
+            while True:
+                header, payload = await self._next(lambda: self._audio_input_track)
+                for chunk in framer.push(payload[0].buffer, header.sample_rate, header.num_channels):
+                    audio_frame = InputAudioRawFrame(
+                        audio=chunk, sample_rate=self._in_sample_rate, num_channels=self._audio_in_channels
+                    )
+                    audio_frame.pts = header.pts
+                    yield audio_frame
+        finally:
+            self._webrtc_connection.capture(MIC_AUDIO_SOURCE, 0)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         """Write an audio frame to the WebRTC connection.
@@ -235,6 +264,11 @@ class SmallWebRTCClient:
             return False
         self._webrtc_connection.write_video(i420, i420.shape[1], i420.shape[0] * 2 // 3)
         return True
+
+    def clear_audio_out(self) -> None:
+        """Drop the bot audio written but not yet encoded (the pipeline was interrupted)."""
+        if self._audio_output_open:
+            self._webrtc_connection.clear_audio_out()
 
     async def setup(self, _params: TransportParams, frame):
         """Set up the client with transport parameters.
@@ -337,7 +371,9 @@ class SmallWebRTCInputTransport(pipecat_smallwebrtc.SmallWebRTCInputTransport):
 
     Handles incoming audio and video streams from WebRTC peers, including user
     image requests and application message handling. Pipecat's own processor,
-    reading through this host's ``SmallWebRTCClient``.
+    reading through this host's ``SmallWebRTCClient``, with one difference a
+    bot cannot see: video is sampled before it is converted, and the engine
+    only forwards as many frames as the samplers can use.
     """
 
     def __init__(self, client: SmallWebRTCClient, params: TransportParams, **kwargs):
@@ -349,6 +385,80 @@ class SmallWebRTCInputTransport(pipecat_smallwebrtc.SmallWebRTCInputTransport):
             **kwargs: Additional arguments passed to parent class.
         """
         super().__init__(client, params, **kwargs)
+
+    def _sampler(self, video_source: str):
+        return self._video_samplers._samplers.get((_PEER_ID, video_source))
+
+    def _update_engine_capture(self, video_source: str) -> None:
+        """Tell the engine how many frames of a source the sampler can use."""
+        sampler = self._sampler(video_source)
+        if sampler is None:
+            max_fps = 0
+        elif sampler.framerate is None or sampler._requests:
+            max_fps = None
+        else:
+            # Headroom so the sampler, not the engine, picks which frames pass.
+            max_fps = sampler.framerate * ENGINE_FPS_HEADROOM
+        self._client._webrtc_connection.capture(video_source, max_fps)
+
+    async def capture_participant_media(self, source: str = CAM_VIDEO_SOURCE, framerate: int | None = None):
+        """Capture media from a specific participant.
+
+        Args:
+            source: Media source to capture from. ("camera", "microphone", or "screenVideo")
+            framerate: For a video source, frames per second to pass on. ``0`` passes
+                on only the frames that answer image requests, and ``None`` passes on
+                every frame.
+        """
+        await super().capture_participant_media(source, framerate)
+        if source in (CAM_VIDEO_SOURCE, SCREEN_VIDEO_SOURCE):
+            self._update_engine_capture(source)
+
+    async def request_participant_image(self, frame: UserImageRequestFrame):
+        """Request an image frame from the participant's video stream.
+
+        The next frame of the requested source answers it, with the request's
+        text and context flag.
+
+        Args:
+            frame: The user image request frame.
+        """
+        await super().request_participant_image(frame)
+        self._update_engine_capture(frame.video_source or CAM_VIDEO_SOURCE)
+
+    async def stop_video(self, video_source: str):
+        """Answer the image requests waiting on a video source the peer turned off.
+
+        Args:
+            video_source: ``"camera"`` or ``"screenVideo"``.
+        """
+        await super().stop_video(video_source)
+        self._update_engine_capture(video_source)
+
+    async def remove_all_video(self):
+        """Stop sampling video and answer the waiting image requests, e.g. on disconnect."""
+        await super().remove_all_video()
+        for video_source in (CAM_VIDEO_SOURCE, SCREEN_VIDEO_SOURCE):
+            self._update_engine_capture(video_source)
+
+    async def _receive_video(self, video_source: str):
+        try:
+            async for header, planes in self._client.read_raw_video(video_source):
+                due, request_frame = self._video_samplers.sample(_PEER_ID, video_source)
+                if request_frame and not self._sampler(video_source)._requests:
+                    self._update_engine_capture(video_source)
+                if not due:
+                    continue
+                video_frame = self._client.to_image_frame(header, planes, video_source)
+                if video_frame is None:
+                    continue
+                if request_frame:
+                    video_frame.text = request_frame.text
+                    video_frame.append_to_context = request_frame.append_to_context
+                    video_frame.request = request_frame
+                await self.push_video_frame(video_frame)
+        except Exception as e:
+            logger.error(f"{self} exception receiving data: {e.__class__.__name__} ({e})")
 
 
 class SmallWebRTCOutputTransport(pipecat_smallwebrtc.SmallWebRTCOutputTransport):
@@ -368,6 +478,17 @@ class SmallWebRTCOutputTransport(pipecat_smallwebrtc.SmallWebRTCOutputTransport)
             **kwargs: Additional arguments passed to parent class.
         """
         super().__init__(client, params, **kwargs)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        """Process a frame; an interruption also drops the audio the engine has not encoded yet.
+
+        Args:
+            frame: The frame to process.
+            direction: The direction of frame flow in the pipeline.
+        """
+        if isinstance(frame, InterruptionFrame):
+            self._client.clear_audio_out()
+        await super().process_frame(frame, direction)
 
 
 class SmallWebRTCTransport(BaseTransport):

@@ -19,6 +19,8 @@ EXAMPLES = [
     protocol.AppMessageIn("pc", '{"a": 1}'),
     protocol.AppMessageOut("pc", '{"b": 2}'),
     protocol.PeerRenegotiate("pc"),
+    protocol.MediaCaptureSet("pc", "camera", 1.5),
+    protocol.AudioOutClear("pc"),
     protocol.OutputOpen("pc", 48000, True, 640, 480),
     protocol.AudioIn("pc", 48000, 2, 960),
     protocol.VideoIn("pc", "camera", "yuv420p", 640, 480, [640, 320, 320], 3000),

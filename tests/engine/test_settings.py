@@ -9,7 +9,7 @@ from engine.settings import DEFAULT_CONFIG_FILE, HostSettings, load_settings
 def test_the_default_file_documents_every_option():
     text = DEFAULT_CONFIG_FILE.read_text()
     for name in HostSettings.model_fields:
-        assert f"\n{name} = " in text, f"config/host.toml lacks {name}"
+        assert f"\n{name} = " in text or f"\n# {name} = " in text, f"config/host.toml lacks {name}"
 
 
 def test_file_then_env_then_flags(tmp_path, monkeypatch):
@@ -52,3 +52,10 @@ def test_unknown_setting_in_the_file_is_refused(tmp_path):
 def test_missing_config_file():
     with pytest.raises(FileNotFoundError):
         load_settings("/nonexistent/host.toml")
+
+
+def test_pipecats_sctp_variable_is_the_default(monkeypatch):
+    monkeypatch.setenv("PIPECAT_SCTP_MAX_CHUNK_SIZE", "1000")
+    assert load_settings().sctp_max_chunk_size == 1000
+    monkeypatch.setenv("SMALLWEBRTC_HOST_SCTP_MAX_CHUNK_SIZE", "900")
+    assert load_settings().sctp_max_chunk_size == 900

@@ -1,0 +1,146 @@
+"""In-page instruments for the browser tests: WebRTC stats and the received audio, read through Playwright.
+
+``INSTRUMENT`` is added to every page before its own scripts run. It changes
+nothing the page does: it only keeps a reference to each ``RTCPeerConnection``
+the page makes (``window.__pcs``), so a test can call ``getStats()`` on it and
+tap the bot's audio track, whatever client code made the connection (our demo
+page or Pipecat's prebuilt client).
+
+Audio capture: the bot's received audio track (the receiver of transceiver 0)
+goes into a WebAudio ``AnalyserNode`` (a second, silent consumer: the page's own
+``<audio>`` element keeps playing it, which Chromium needs before remote audio
+flows into WebAudio). The analyser's time-domain buffer, the last 32768 samples
+(0.68 s at 48 kHz), is handed to Python, where numpy measures its level (RMS)
+and its dominant frequency (FFT peak). Several buffers are taken a moment apart.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+INSTRUMENT = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  if (!Native || Native.__instrumented) return;
+  window.__pcs = [];
+  class Recorded extends Native {
+    constructor(...args) {
+      super(...args);
+      window.__pcs.push(this);
+    }
+  }
+  Recorded.__instrumented = true;
+  window.RTCPeerConnection = Recorded;
+})();
+"""
+
+_STATS = """
+async (index) => {
+  const pc = window.__pcs[index ?? window.__pcs.length - 1];
+  if (!pc) return null;
+  const out = { connectionState: pc.connectionState, iceConnectionState: pc.iceConnectionState,
+                candidates: [], inbound: {}, outbound: {}, pair: null };
+  const report = await pc.getStats();
+  let pairId = null;
+  report.forEach((r) => {
+    if (r.type === "transport" && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
+  });
+  report.forEach((r) => {
+    if (r.type === "local-candidate" || r.type === "remote-candidate") {
+      out.candidates.push({ type: r.type, address: r.address ?? r.ip, port: r.port,
+                            protocol: r.protocol, candidateType: r.candidateType });
+    }
+    if (r.type === "inbound-rtp") {
+      out.inbound[r.kind] = { packetsReceived: r.packetsReceived, bytesReceived: r.bytesReceived,
+        framesDecoded: r.framesDecoded, frameWidth: r.frameWidth, frameHeight: r.frameHeight,
+        framesPerSecond: r.framesPerSecond, totalAudioEnergy: r.totalAudioEnergy,
+        audioLevel: r.audioLevel, totalSamplesReceived: r.totalSamplesReceived, mid: r.mid };
+    }
+    if (r.type === "outbound-rtp") {
+      out.outbound[r.kind] = { packetsSent: r.packetsSent, bytesSent: r.bytesSent, framesEncoded: r.framesEncoded };
+    }
+    if (r.type === "candidate-pair" && r.id === pairId) {
+      out.pair = { state: r.state, nominated: r.nominated, rtt: r.currentRoundTripTime };
+    }
+  });
+  out.now = performance.now();
+  return out;
+}
+"""
+
+_TAP_AUDIO = """
+(index) => {
+  const pc = window.__pcs[index ?? window.__pcs.length - 1];
+  const receiver = pc.getTransceivers()[0].receiver;
+  const ctx = new AudioContext({ sampleRate: 48000 });
+  const source = ctx.createMediaStreamSource(new MediaStream([receiver.track]));
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 32768;
+  source.connect(analyser);  // not to ctx.destination: the page plays the audio itself
+  ctx.resume();
+  window.__audioTap = { ctx, analyser };
+  return ctx.sampleRate;
+}
+"""
+
+_READ_AUDIO = """
+() => {
+  const { ctx, analyser } = window.__audioTap;
+  const samples = new Float32Array(analyser.fftSize);
+  analyser.getFloatTimeDomainData(samples);
+  return { state: ctx.state, samples: Array.from(samples) };
+}
+"""
+
+
+def rtc_stats(page, index: int | None = None) -> dict | None:
+    """Connection state, candidates and inbound/outbound RTP of the page's (last) peer connection."""
+    return page.evaluate(_STATS, index)
+
+
+def wait_for_stats(page, predicate, timeout: float = 30.0, index: int | None = None) -> dict:
+    """Polls ``rtc_stats`` until ``predicate(stats)`` holds."""
+    deadline = time.monotonic() + timeout
+    stats = None
+    while time.monotonic() < deadline:
+        stats = rtc_stats(page, index)
+        if stats and predicate(stats):
+            return stats
+        page.wait_for_timeout(250)
+    raise AssertionError(f"stats condition not met within {timeout} s; last stats: {stats}")
+
+
+def video_rate(page, seconds: float = 4.0, index: int | None = None) -> tuple[float, dict]:
+    """Decoded bot frames per second over ``seconds`` (from ``framesDecoded``), and the last stats."""
+    first = rtc_stats(page, index)
+    page.wait_for_timeout(seconds * 1000)
+    last = rtc_stats(page, index)
+    frames = last["inbound"]["video"]["framesDecoded"] - first["inbound"]["video"]["framesDecoded"]
+    return frames * 1000.0 / (last["now"] - first["now"]), last
+
+
+def dominant_frequency(samples: np.ndarray, rate: int) -> float:
+    """The frequency of the strongest FFT bin (Hann window, parabolic interpolation)."""
+    windowed = samples * np.hanning(len(samples))
+    spectrum = np.abs(np.fft.rfft(windowed))
+    spectrum[0] = 0.0
+    peak = int(np.argmax(spectrum))
+    if 0 < peak < len(spectrum) - 1:
+        a, b, c = np.log(spectrum[peak - 1 : peak + 2] + 1e-12)
+        peak += 0.5 * (a - c) / (a - 2 * b + c)
+    return peak * rate / len(samples)
+
+
+def capture_bot_audio(page, buffers: int = 3, index: int | None = None) -> list[tuple[float, float]]:
+    """(RMS, dominant frequency) of a few 0.68 s buffers of the bot's received audio."""
+    rate = page.evaluate(_TAP_AUDIO, index)
+    page.wait_for_timeout(1000)  # fill the analyser's buffer
+    results = []
+    for _ in range(buffers):
+        read = page.evaluate(_READ_AUDIO)
+        samples = np.asarray(read["samples"], dtype=np.float64)
+        results.append((float(np.sqrt(np.mean(samples**2))), dominant_frequency(samples, rate)))
+        page.wait_for_timeout(700)
+    return results
