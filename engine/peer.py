@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 from av import AudioFrame, VideoFrame
@@ -52,6 +53,11 @@ SOURCES = {
     VIDEO_TRANSCEIVER_INDEX: "camera",
     SCREEN_VIDEO_TRANSCEIVER_INDEX: "screenVideo",
 }
+# Packets a video receiver's jitter buffer holds, which bounds the frame it can
+# assemble: aiortc's 128 (about 150 KB) for the camera; 512 (about 600 KB,
+# libwebrtc's initial packet buffer) for the screen share, whose detailed
+# keyframes are larger than 128 packets and would never decode (as Pipecat).
+VIDEO_JITTER_BUFFER_CAPACITY = {1: 128, 2: 512}
 SIGNALLING_TYPE = "signalling"
 # Messages for the peer held while its data channel is not open yet.
 MAX_OUTGOING_QUEUE = 50
@@ -59,10 +65,12 @@ MAX_OUTGOING_QUEUE = 50
 MAX_HELD_APP_MESSAGES = 100
 # Peer audio waiting for a slow worker, in 20 ms frames, before the oldest is dropped.
 AUDIO_IN_LANE_FRAMES = 25
-# A renegotiation asked for within this long of the last answer is not asked again.
+# After the answer to a renegotiation we asked for, this long passes before we ask again.
 RENEGOTIATION_GUARD_S = 2.0
 # How often the actor re-evaluates liveness (ping window, lost peers).
 LIVENESS_TICK_S = 0.5
+# How long a resumed video receiver waits for the sender's first packet to ask it for a keyframe.
+KEYFRAME_REQUEST_WAIT_S = 1.0
 # Slack in the video frame schedule, so a frame that arrives a little early still counts.
 FRAME_JITTER_S = 0.01
 # How long a closing session waits for "peerLeft" to leave the data channel.
@@ -153,13 +161,19 @@ class PeerActor:
         # What the bot captures, by source: None = every frame, 0 = nothing, else at most that fps.
         self._capture: dict[str, float | None] = {}
         self._bot_was_late = False
+        self._keyframe_requests: set[asyncio.Task] = set()
+        # Set while a closed or failed peer connection may still be restarted.
+        self._restart_deadline: float | None = None
+        self._restart_reason = ""
         self._readers: dict[int, asyncio.Task] = {}
+        self._output_request: OutputOpen | None = None
         self._audio_out: RawAudioTrack | None = None
         self._video_out: RawVideoTrack | None = None
         self._connecting_timer: asyncio.Task | None = None
         self._data_channel_timer: asyncio.Task | None = None
-        self._last_answer_at = 0.0
-        self._renegotiation_asked_at = 0.0
+        # While a renegotiation we asked for is under way (until 2 s after its
+        # answer), no other is asked for.
+        self._renegotiating_until: float | None = None
         self._ended = False
         self.log = logger.bind(pc_id=pc_id, worker_id=worker.worker_id)
 
@@ -241,7 +255,8 @@ class PeerActor:
             case Offer():
                 await self._handle_offer(item)
             case Candidates(candidates, reply):
-                for candidate in candidates:
+                # Candidates for a peer connection that died are for nothing.
+                for candidate in candidates if self._pc is not None else []:
                     await self._pc.addIceCandidate(candidate)
                 reply.set_result(None)
             case Close(reason, tell_worker):
@@ -278,6 +293,7 @@ class PeerActor:
         self._pc = pc
         self._channel = None
         self._last_ping = None
+        self._restart_deadline = None
         return pc
 
     async def _handle_offer(self, offer: Offer) -> None:
@@ -304,10 +320,13 @@ class PeerActor:
         for index, transceiver in enumerate(pc.getTransceivers()):
             transceiver.direction = "sendrecv" if index < 2 else "recvonly"
         await pc.setLocalDescription(await pc.createAnswer())
+        for index in SOURCES:
+            self._apply_capture(index)
         self._attach_outputs()
         if self._bot_ready:
             self._start_readers()
-        self._last_answer_at = time.monotonic()
+        if self._renegotiating_until is not None:
+            self._renegotiating_until = time.monotonic() + RENEGOTIATION_GUARD_S
         description = pc.localDescription
         offer.reply.set_result({"sdp": description.sdp, "type": description.type, "pc_id": self.pc_id})
 
@@ -332,10 +351,10 @@ class PeerActor:
             self._outgoing.clear()
             self._queueing = False
         self._report_state()
-        if (
-            self._disconnected_since is not None
-            and time.monotonic() - self._disconnected_since > self._settings.peer_lost_close_s
-        ):
+        now = time.monotonic()
+        if self._restart_deadline is not None and now > self._restart_deadline:
+            await self._end(self._restart_reason, tell_worker=True, notify_peer=False)
+        elif self._disconnected_since is not None and now - self._disconnected_since > self._settings.peer_lost_close_s:
             await self._end("peer lost (no keepalive)", tell_worker=True, notify_peer=False)
 
     async def _handle_state(self, state: str) -> None:
@@ -350,7 +369,11 @@ class PeerActor:
         if state == "connected" and self._data_channel_timer is None:
             self._data_channel_timer = asyncio.create_task(self._data_channel_deadline(self._pc))
         if state in ("failed", "closed"):
-            await self._end(f"peer connection {state}", tell_worker=True, notify_peer=False)
+            # The client may restart it under the same pc_id (it does after an
+            # ICE failure); the session waits a little for that before ending.
+            self._restart_reason = f"peer connection {state}"
+            self._restart_deadline = time.monotonic() + self._settings.restart_grace_s
+            await self._close_pc()
 
     def _after(self, delay: float, reason: str) -> asyncio.Task:
         async def fire():
@@ -395,9 +418,11 @@ class PeerActor:
         self.worker.outbox.send(TrackStatusChange(self.pc_id, index, enabled))
 
     def _peer_state(self) -> PeerState:
-        """The state the bot sees: aiortc's, but "disconnected" once keepalives stop."""
+        """The state the bot sees: aiortc's, but "disconnected" once keepalives stop or while a restart may come."""
         if self._ended:
             return "closed"
+        if self._restart_deadline is not None:
+            return "disconnected"
         state = self._pc.connectionState if self._pc else "new"
         if (
             state == "connected"
@@ -473,29 +498,37 @@ class PeerActor:
                 pass  # the bot sent video before asking for an output track
 
     def _ask_to_renegotiate(self) -> None:
-        now = time.monotonic()
-        if now - max(self._renegotiation_asked_at, self._last_answer_at) < RENEGOTIATION_GUARD_S:
+        if self._renegotiating_until is not None and time.monotonic() < self._renegotiating_until:
             return
-        self._renegotiation_asked_at = now
+        self._renegotiating_until = float("inf")
         self._send_signalling({"type": "renegotiate"})
 
     def _open_outputs(self, request: OutputOpen) -> None:
-        if request.audio_sample_rate:
-            self._audio_out = RawAudioTrack(
-                request.audio_sample_rate, request.audio_auto_silence, frame_ms=20
-            )
-        if request.video_width and request.video_height:
-            self._video_out = RawVideoTrack(request.video_width, request.video_height)
+        self._output_request = request
         self._attach_outputs()
 
     def _attach_outputs(self) -> None:
-        if self._pc is None:
+        """Give the current peer connection the bot's output tracks.
+
+        aiortc stops a sender's track with its peer connection, so a restarted
+        connection gets fresh tracks; the old audio's waiters are released.
+        """
+        request = self._output_request
+        if self._pc is None or request is None:
             return
+        if self._audio_out is not None and self._audio_out.readyState != "live":
+            self._audio_out.clear()
+            self._audio_out = None
+        if self._video_out is not None and self._video_out.readyState != "live":
+            self._video_out = None
+        if self._audio_out is None and request.audio_sample_rate:
+            self._audio_out = RawAudioTrack(request.audio_sample_rate, request.audio_auto_silence, frame_ms=20)
+        if self._video_out is None and request.video_width and request.video_height:
+            self._video_out = RawVideoTrack(request.video_width, request.video_height)
         transceivers = self._pc.getTransceivers()
-        for index, track in ((0, self._audio_out), (1, self._video_out)):
-            if track is not None and len(transceivers) > index:
-                if transceivers[index].sender.track is not track:
-                    transceivers[index].sender.replaceTrack(track)
+        for index, track in ((AUDIO_TRANSCEIVER_INDEX, self._audio_out), (VIDEO_TRANSCEIVER_INDEX, self._video_out)):
+            if track is not None and len(transceivers) > index and transceivers[index].sender.track is not track:
+                transceivers[index].sender.replaceTrack(track)
 
     # ---- reading the peer's media ----
 
@@ -515,10 +548,32 @@ class PeerActor:
 
     def _apply_capture(self, index: int) -> None:
         transceivers = self._pc.getTransceivers() if self._pc else []
-        if index < len(transceivers):
-            # aiortc neither decodes nor queues for a disabled receiver: a
-            # source the bot does not read costs nothing and never piles up.
-            transceivers[index].receiver._enabled = self._wanted(index)
+        if index >= len(transceivers):
+            return
+        receiver = transceivers[index].receiver
+        wanted = self._wanted(index)
+        if wanted and not receiver._enabled and index != AUDIO_TRANSCEIVER_INDEX:
+            # Resuming mid-stream: aiortc's jitter buffer still holds the
+            # packets from before the pause and would wait forever for the gap
+            # to fill, and nothing decodes before the next keyframe.
+            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(
+                capacity=VIDEO_JITTER_BUFFER_CAPACITY[index], is_video=True
+            )
+            task = asyncio.create_task(self._request_keyframe(receiver))
+            self._keyframe_requests.add(task)
+            task.add_done_callback(self._keyframe_requests.discard)
+        # aiortc neither decodes nor queues for a disabled receiver: a source
+        # the bot does not read costs nothing and never piles up.
+        receiver._enabled = wanted
+
+    async def _request_keyframe(self, receiver) -> None:
+        """Ask the sender for a keyframe: video resumed mid-stream decodes nothing until one comes."""
+        deadline = time.monotonic() + KEYFRAME_REQUEST_WAIT_S
+        # The sender's SSRC is known once one of its packets has arrived.
+        while not (sources := receiver.getSynchronizationSources()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for source in sources:
+            await receiver._send_rtcp_pli(source.source)
 
     def _set_capture(self, request: MediaCaptureSet) -> None:
         index = next((i for i, source in SOURCES.items() if source == request.source), None)
@@ -567,9 +622,10 @@ class PeerActor:
             self.log.debug(f"peer {self.pc_id}: {source} track ended")
 
     def _stop_readers(self) -> None:
-        for task in self._readers.values():
+        for task in [*self._readers.values(), *self._keyframe_requests]:
             task.cancel()
         self._readers.clear()
+        self._keyframe_requests.clear()
         self.worker.outbox.mailbox.discard_lanes(lambda lane: isinstance(lane, tuple) and lane[0] == self.pc_id)
 
     # ---- the end ----

@@ -55,6 +55,7 @@ class HostSettings(BaseSettings):
     data_channel_timeout_s: float = Field(10.0, gt=0)
     ping_window_s: float = Field(3.0, gt=0)
     peer_lost_close_s: float = Field(10.0, ge=0)
+    restart_grace_s: float = Field(2.0, ge=0)
     heartbeat_interval_s: float = Field(1.0, gt=0)
     worker_dead_after_s: float = Field(3.0, gt=0)
     engine_silent_after_s: float = Field(10.0, gt=0)

@@ -157,7 +157,9 @@ class SmallWebRTCClient:
                 return await asyncio.wait_for(track.recv(), timeout=NO_MEDIA_WARNING_S)
             except TimeoutError:
                 if self.is_connected and track.is_enabled():
-                    logger.warning(f"Timeout: no {track.source} frame received within {NO_MEDIA_WARNING_S:g} s.")
+                    logger.warning(
+                        f"{self._webrtc_connection.pc_id}: no {track.source} frame received within {NO_MEDIA_WARNING_S:g} s"
+                    )
 
     async def read_raw_video(self, video_source: str):
         """Yield the peer's video frames of a source as the engine sent them, unconverted.

@@ -163,6 +163,16 @@ async function getLocalMedia() {
   }
 }
 
+// The page's query parameters are the bot's request body, numbers as numbers:
+// /?video_width=320&video_height=240 asks the demo bot for a 320x240 picture.
+function botRequestBody() {
+  const body = {};
+  for (const [key, value] of new URLSearchParams(location.search)) {
+    body[key] = value.trim() !== "" && Number.isFinite(Number(value)) ? Number(value) : value;
+  }
+  return body;
+}
+
 // Pipecat's runner registers a session first and takes the offer under it;
 // a server without /start takes the offer at the bare /api/offer.
 async function startSession(s) {
@@ -170,7 +180,7 @@ async function startSession(s) {
     const res = await request("/start", "POST", {
       transport: "webrtc",
       enableDefaultIceServers: false,
-      body: {},
+      body: botRequestBody(),
     });
     const { sessionId, iceConfig } = await res.json();
     if (!sessionId) throw new Error("no sessionId in the reply");
@@ -220,7 +230,7 @@ async function sendOffer(s) {
     type: "offer",
     pc_id: s.pcId,
     restart_pc: false,
-    request_data: {},
+    request_data: botRequestBody(),
   });
   const answer = await res.json();
   await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
@@ -354,7 +364,9 @@ function onSignalling(s, message) {
 
 function onAppMessage(msg) {
   const isRtvi = msg?.label === "rtvi-ai";
-  if (isRtvi && msg.type === "bot-ready") {
+  if (msg?.echo?.label === "rtvi-ai") {
+    // An echo bot reflecting our own RTVI messages: protocol noise, not conversation.
+  } else if (isRtvi && msg.type === "bot-ready") {
     log("system", "Bot ready.");
   } else if (isRtvi && msg.type === "server-message" && msg.data?.type === "host-info") {
     // The demo bot says which worker hosts the session.
@@ -463,6 +475,8 @@ function renderStats() {
   for (const dd of el.stats.querySelectorAll("[data-stat]")) {
     dd.textContent = values[dd.dataset.stat];
   }
+  // Monospace only for an actual id: a lone small dash looks like a stray mark.
+  el.stats.querySelector('[data-stat="pcId"]').classList.toggle("mono", Boolean(state.pcId));
 }
 
 // ---------------------------------------------------------------- audio meters

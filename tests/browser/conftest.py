@@ -44,6 +44,7 @@ import numpy as np
 import pytest
 
 from tests.browser.pagetools import INSTRUMENT
+from tests.support.client import colour_bars
 from tests.support.host import REPO, HostProcess
 
 CHROMIUM = Path("/usr/lib/chromium/chromium")
@@ -52,6 +53,11 @@ ARTIFACTS = REPO / "test-artifacts" / "browser"
 #: The fake microphone's tone; the bot echoes it back.
 TONE_HZ = 440.0
 TONE_RATE = 48000
+
+#: The fake camera: colour bars (``tests.support.client.BAR_COLOURS``) with a
+#: small square moving along the top, this size, at this rate.
+CAMERA_SIZE = (320, 240)
+CAMERA_FPS = 30
 
 #: No single browser test may take longer than this (SIGALRM), fixtures included.
 TEST_TIME_LIMIT_S = 240
@@ -244,22 +250,50 @@ def write_tone_wav(path: Path, frequency: float = TONE_HZ, seconds: float = 2.0,
     return path
 
 
-@pytest.fixture(scope="package")
-def tone_wav(tmp_path_factory) -> Path:
-    """The fake microphone's input."""
-    return write_tone_wav(tmp_path_factory.mktemp("media") / f"tone-{int(TONE_HZ)}hz.wav")
+def write_bars_y4m(path: Path, size=CAMERA_SIZE, fps: int = CAMERA_FPS, seconds: float = 2.0) -> Path:
+    """A Y4M (I420) video of colour bars; a 16-pixel white square crosses the top eighth, so frames differ."""
+    import av
+
+    width, height = size
+    bars = colour_bars(width, height)
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420\n".encode())
+        for index in range(int(fps * seconds)):
+            rgb = bars.copy()
+            x = index * (width - 16) // int(fps * seconds)
+            rgb[4:20, x : x + 16] = 255
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            out.write(b"FRAME\n")
+            for plane, (w, h) in zip(frame.planes, [(width, height), (width // 2, height // 2), (width // 2, height // 2)]):
+                data = np.frombuffer(plane, dtype=np.uint8).reshape(h, plane.line_size)[:, :w]
+                out.write(data.tobytes())
+    return path
 
 
 @pytest.fixture(scope="package")
-def browser(netns, chromium, tone_wav):
-    """Headless Chromium inside the namespace, with the fake camera and the tone as microphone."""
+def fake_media(tmp_path_factory) -> dict[str, Path]:
+    """The fake microphone's and camera's inputs."""
+    folder = tmp_path_factory.mktemp("media")
+    return {
+        "audio": write_tone_wav(folder / f"tone-{int(TONE_HZ)}hz.wav"),
+        "video": write_bars_y4m(folder / "bars.y4m"),
+    }
+
+
+@pytest.fixture(scope="package")
+def browser(netns, chromium, fake_media):
+    """Headless Chromium inside the namespace; its fake camera shows colour bars, its fake microphone plays the tone."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(chromium),
             headless=True,
-            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={tone_wav}"],
+            args=[
+                *CHROMIUM_FLAGS,
+                f"--use-file-for-fake-audio-capture={fake_media['audio']}",
+                f"--use-file-for-fake-video-capture={fake_media['video']}",
+            ],
             timeout=60_000,
         )
         try:

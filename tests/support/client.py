@@ -220,6 +220,7 @@ class TestPeer:
         video_frame_count: Video frames received in all.
         audio_samples_total: Audio samples (48 kHz mono) received in all.
         audio_formats: ``(format, layout, sample_rate)`` of the audio frames aiortc handed out.
+        audio_levels: ``(time.monotonic(), RMS level)`` of each received audio frame.
         errors: Exceptions of background work (automatic renegotiation, receivers).
     """
 
@@ -236,6 +237,7 @@ class TestPeer:
         use_start: bool = False,
         data_channel: bool = True,
         send_video: bool = True,
+        screen_video: bool = False,
         auto_renegotiate: bool = True,
         patch_candidates_after_answer: bool = True,
         ice_host_addresses: Sequence[str] | None = ("127.0.0.1",),
@@ -255,6 +257,7 @@ class TestPeer:
             use_start: ``POST /start`` first and use ``/sessions/{sessionId}/api/offer``.
             data_channel: Create the ``"chat"`` data channel.
             send_video: Send colour bars on transceiver 1 (else it has no track).
+            screen_video: Send colour bars as a screen share on transceiver 2 (else it has no track).
             auto_renegotiate: Answer a ``renegotiate`` signal with a new offer, as the web client does.
             patch_candidates_after_answer: PATCH the offer's candidates after the answer, as the web client does.
             ice_host_addresses: Host candidate addresses for this process (``None`` leaves aioice's choice).
@@ -271,6 +274,7 @@ class TestPeer:
         self.use_start = use_start
         self.data_channel = data_channel
         self.send_video = send_video
+        self.screen_video = screen_video
         self.auto_renegotiate = auto_renegotiate
         self.patch_candidates_after_answer = patch_candidates_after_answer
         self.ice_host_addresses = ice_host_addresses
@@ -287,6 +291,7 @@ class TestPeer:
         self.video_frame_count = 0
         self.audio_samples_total = 0
         self.audio_formats: set[tuple[str, str, int]] = set()
+        self.audio_levels: deque[tuple[float, float]] = deque(maxlen=int(audio_seconds_kept * 50))
         self.errors: list[BaseException] = []
 
         self._audio_chunks: deque[np.ndarray] = deque()
@@ -591,7 +596,10 @@ class TestPeer:
         self._local_tracks = [t for t in (audio, video) if t is not None]
         pc.addTransceiver(audio, direction="sendrecv")
         pc.addTransceiver(video if video is not None else "video", direction="sendrecv")
-        pc.addTransceiver("video", direction="sendonly")  # screen share slot, no track
+        screen = ColourBarsTrack(self.width, self.height) if self.screen_video else None
+        if screen is not None:
+            self._local_tracks.append(screen)
+        pc.addTransceiver(screen or "video", direction="sendonly")  # the screen share slot
         self._configure_pc(pc)
 
         @pc.on("track")
@@ -746,6 +754,7 @@ class TestPeer:
                 self._resampler = AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             chunks = [f.to_ndarray().reshape(-1).astype(np.int16) for f in self._resampler.resample(frame)]
         for chunk in chunks:
+            self.audio_levels.append((time.monotonic(), float(np.sqrt(np.mean(chunk.astype(np.float64) ** 2))) if chunk.size else 0.0))
             self._audio_chunks.append(chunk)
             self._audio_kept += chunk.size
             self.audio_samples_total += chunk.size

@@ -1,0 +1,674 @@
+"""Benchmark of issue 6: this host against the reference server, under N real A/V client peers.
+
+One command:
+
+    python -m tests.bench.run --peers 1,2,4 --seconds 20
+
+For each peer count it runs this host (``smallwebrtc-host serve --workers W
+--ice-host-addresses 127.0.0.1``, the demo echo bot asked for 640x480) and the
+reference server (``tests/bench/reference_server.py --width 640 --height 480``,
+Pipecat's own SmallWebRTCTransport and the same echo), one after the other,
+each freshly started, with the same load: N aiortc client peers in separate
+load-generator processes (:mod:`tests.bench.loadgen`) replaying pre-encoded
+VP8 640x480@30 (~0.8 Mbit/s) and Opus packets, one of them the probe.
+
+Per run it prints/records: peers connected, refused offers, received video
+fps (median and minimum over the peers, worst 1-second bin of any peer),
+audio frames/s, echo latency p50/p95 (probe), time to first echoed video, CPU
+seconds per session-second of the server's whole process tree (split engine /
+workers for the host) from /proc utime+stime before/after the window, RSS per
+process, and the client's own CPU and loop lag (run conditions). Then the
+host/reference ratios. Before that, the IPC micro-benchmark
+(:mod:`tests.bench.ipc_bench`) unless ``--skip-ipc``.
+
+JSON lines go to ``tests/bench/results/bench-<time>.jsonl`` (``--out``).
+
+Profiling the engine: ``python -m tests.bench.run --servers host --peers 2 --profile``
+records the engine with py-spy (``pip install py-spy``) during the window, GIL
+holder only, and prints its top functions; those runs' CPU figures include
+py-spy's sampling. With py-spy installed every run also splits each server
+process's CPU by thread (event loop, aiortc decoders, encoder executor, native
+threads) from /proc/<pid>/task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from tests.bench import procstat
+from tests.bench.media import load_clip
+from tests.support.host import HostProcess, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BODY = {"video_width": 640, "video_height": 480}
+
+
+# --------------------------------------------------------------------- servers
+
+
+class Server:
+    """A server under test: its URL, its process tree, how to stop it."""
+
+    kind: str
+    url: str
+    root_pid: int
+    log_path: str
+
+    def roles(self) -> dict[int, str]:
+        """Each live process of the server's tree and its role."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class HostServer(Server):
+    kind = "host"
+
+    def __init__(self, workers: int, cpus: str | None):
+        self._host = HostProcess(workers)
+        self._host.start(timeout=60)
+        self.url = self._host.base_url
+        self.root_pid = self._host.process.pid
+        self.log_path = self._host._log.name
+        self.workers = workers
+        _pin(self.root_pid, cpus)
+
+    def roles(self) -> dict[int, str]:
+        out = {self.root_pid: "engine"}
+        for pid in procstat.descendants(self.root_pid):
+            out[pid] = "worker" if " worker " in procstat.cmdline(pid) else "other"
+        return out
+
+    def stop(self) -> None:
+        self._host.stop()
+
+
+class ReferenceServer(Server):
+    kind = "reference"
+
+    def __init__(self, width: int, height: int, cpus: str | None, timeout: float = 60.0):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = tempfile.NamedTemporaryFile(prefix="reference-", suffix=".log", delete=False)
+        self.log_path = self._log.name
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.bench.reference_server", "--host", "127.0.0.1", "--port", str(port),
+             "--width", str(width), "--height", str(height)],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.root_pid = self.process.pid
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"reference server exited with {self.process.returncode}: {Path(self.log_path).read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/status", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("reference server did not answer /status")
+            time.sleep(0.2)
+        _pin(self.root_pid, cpus)
+
+    def roles(self) -> dict[int, str]:
+        out = {self.root_pid: "server"}
+        for pid in procstat.descendants(self.root_pid):
+            out[pid] = "other"
+        return out
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def _pin(pid: int, cpus: str | None) -> None:
+    """Pin a process tree (every thread) to ``cpus`` with taskset, if asked."""
+    if not cpus:
+        return
+    for p in procstat.tree(pid):
+        subprocess.run(["taskset", "-a", "-c", "-p", cpus, str(p)], check=False, capture_output=True)
+
+
+# --------------------------------------------------------------------- clients
+
+
+class Client:
+    """One load-generator process, driven by JSON lines."""
+
+    def __init__(self, name: str, url: str, peers: int, probe: bool, args: argparse.Namespace, log_dir: Path):
+        self.name = name
+        self.peers = peers
+        command = [
+            sys.executable, "-m", "tests.bench.loadgen", "--url", url, "--peers", str(peers),
+            "--body", json.dumps(BODY), "--name", name, "--stagger", str(args.stagger),
+            "--width", "640", "--height", "480",
+        ]
+        if probe:
+            command.append("--probe")
+        if args.client_cpus:
+            command = ["taskset", "-c", args.client_cpus, *command]
+        self.stderr_path = log_dir / f"{name}.log"
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.stderr_path.open("wb"), text=True, bufsize=1,
+        )
+        self.pid = self.process.pid
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            try:
+                self._lines.put(json.loads(line))
+            except ValueError:
+                pass
+        self._lines.put(None)
+
+    def send(self, command: str) -> None:
+        try:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def expect(self, event: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.name}: no {event!r} within {timeout:.0f} s (log: {self.stderr_path})")
+            try:
+                item = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if item is None:
+                raise RuntimeError(f"{self.name} exited ({self.process.poll()}); log: {self.stderr_path}")
+            if item.get("event") == event:
+                return item
+
+    def finish(self) -> None:
+        self.send("quit")
+        try:
+            self.expect("closed", 25)
+        except (TimeoutError, RuntimeError):
+            pass
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _split(peers: int, per_process: int) -> list[int]:
+    processes = max(1, -(-peers // per_process))
+    return [peers // processes + (1 if i < peers % processes else 0) for i in range(processes)]
+
+
+# --------------------------------------------------------------------- one run
+
+
+def run_one(kind: str, peers: int, args: argparse.Namespace, log_dir: Path) -> dict:
+    """Start the server, load it with ``peers`` peers, measure, stop everything; the run's record."""
+    quiet = wait_quiet(args.quiet_cores, args.quiet_wait)
+    conditions = {**procstat.machine(), "busy_cores_before_start": quiet}
+    started = time.monotonic()
+    server: Server = (
+        HostServer(args.workers, args.server_cpus) if kind == "host" else ReferenceServer(640, 480, args.server_cpus)
+    )
+    server_start_s = time.monotonic() - started
+    clients: list[Client] = []
+    profile = None
+    record: dict = {"bench": "av", "server": kind, "peers": peers, "seconds": args.seconds, "warmup": args.warmup}
+    if kind == "host":
+        record["workers"] = args.workers
+    try:
+        sizes = _split(peers, args.peers_per_client)
+        clients = [
+            Client(f"{kind}-{peers}-client{i}", server.url, n, i == 0, args, log_dir) for i, n in enumerate(sizes)
+        ]
+        connect_budget = 60 + peers * args.stagger
+        ready = [c.expect("ready", connect_budget) for c in clients]
+        connected = sum(r["connected"] for r in ready)
+        record.update(
+            connected=connected,
+            refused=sum(r["refused"] for r in ready),
+            failed=sum(r["failed"] for r in ready),
+            connect_errors=[e for r in ready for e in r["errors"]][:5],
+        )
+        for c in clients:
+            c.send("video")
+        video = [c.expect("video", 40) for c in clients]
+        record["peers_with_video_before_window"] = sum(v["with_video"] for v in video)
+        time.sleep(args.warmup)
+
+        roles = server.roles()
+        client_pids = [c.pid for c in clients]
+        before = procstat.Snapshot.take([*roles, *client_pids])
+        threads_before = {pid: procstat.thread_cpu_seconds(pid) for pid in roles}
+        busy_before = procstat.machine_busy_seconds()
+        if args.profile and kind == "host":
+            profile = _start_profile(server.root_pid, args.seconds, log_dir, args.native)
+        for c in clients:
+            c.send("start")
+        for c in clients:
+            c.expect("started", 10)
+        t0 = time.monotonic()
+        time.sleep(args.seconds)
+        after = procstat.Snapshot.take([*roles, *client_pids])
+        threads_after = {pid: procstat.thread_cpu_seconds(pid) for pid in roles}
+        busy = procstat.machine_busy_seconds() - busy_before
+        window = time.monotonic() - t0
+        for c in clients:
+            c.send("stop")
+        results = [c.expect("result", 30) for c in clients]
+        memory = {pid: procstat.memory(pid) for pid in roles}
+        thread_names = {pid: procstat.python_thread_names(pid) for pid in roles}
+        thread_counts = {pid: procstat.threads(pid) for pid in roles}
+
+        cpu = before.delta(after)
+        sessions = max(connected, 1)
+        per_peer = [p for r in results for p in r["peers"]]
+        probe = next((p for p in per_peer if p.get("probe")), None)
+        fps = [p["video_fps"] for p in per_peer]
+        audio_fps = [p["audio_fps"] for p in per_peer]
+        first_video = [p["first_video_s"] for p in per_peer if p["first_video_s"] is not None]
+        latencies = probe["latencies_ms"] if probe else []
+        by_role: Counter = Counter()
+        for pid, role in roles.items():
+            by_role[role] += cpu.get(pid, 0.0)
+        server_cpu = sum(cpu.get(pid, 0.0) for pid in roles)
+        client_cpu = sum(cpu.get(pid, 0.0) for pid in client_pids)
+        record.update(
+            window_s=round(window, 2),
+            still_connected=sum(r["still_connected"] for r in results),
+            video_fps_median=_r(np.median(fps)) if fps else 0.0,
+            video_fps_min=_r(min(fps)) if fps else 0.0,
+            video_worst_1s_bin=min((p["video_worst_bin"] for p in per_peer), default=0),
+            audio_fps_median=_r(np.median(audio_fps)) if audio_fps else 0.0,
+            audio_fps_min=_r(min(audio_fps)) if audio_fps else 0.0,
+            latency_p50_ms=_r(np.percentile(latencies, 50)) if latencies else None,
+            latency_p95_ms=_r(np.percentile(latencies, 95)) if latencies else None,
+            latency_samples=len(latencies),
+            probe_unreadable_frames=probe["unreadable_frames"] if probe else None,
+            audio_nonsilent_ratio=_r(probe["audio_nonsilent_ratio"], 3) if probe else None,
+            audio_rms_median=_r(probe["audio_rms_median"], 4) if probe else None,
+            first_echo_s=_r(probe["first_echo_s"], 3) if probe and probe["first_echo_s"] is not None else None,
+            first_video_s_median=_r(np.median(first_video), 3) if first_video else None,
+            first_video_s_max=_r(max(first_video), 3) if first_video else None,
+            connect_s_median=_r(np.median([p["connect_s"] for p in per_peer if p["connect_s"] is not None]), 3) if per_peer else None,
+            keyframes_requested=sum(p["keyframes_requested"] for p in per_peer),
+            renegotiations=sum(p["renegotiations"] for p in per_peer),
+            client_errors=[e for p in per_peer for e in p["errors"]][:5],
+            cpu_s=_r(server_cpu, 3),
+            cpu_per_session=_r(server_cpu / window / sessions, 4),
+            cpu_per_session_by_role={role: _r(v / window / sessions, 4) for role, v in sorted(by_role.items())},
+            cpu_share_of_one_core=_r(server_cpu / window, 3),
+            processes=[
+                {
+                    "pid": pid, "role": role, "cpu_s": _r(cpu.get(pid, 0.0), 3),
+                    "cpu_per_session": _r(cpu.get(pid, 0.0) / window / sessions, 4),
+                    "threads": thread_counts[pid], **{k: _r(v, 1) for k, v in memory[pid].items()},
+                    "cpu_per_session_by_thread_group": _thread_groups(
+                        threads_before[pid], threads_after[pid], thread_names[pid], window * sessions
+                    ),
+                }
+                for pid, role in sorted(roles.items(), key=lambda item: (item[1] != "engine", item[0]))
+            ],
+            rss_mb_total=_r(sum(m["rss_mb"] for m in memory.values()), 1),
+            client={
+                "processes": len(clients),
+                "cpu_share_of_one_core": _r(client_cpu / window, 3),
+                "loop_lag": [r["loop_lag"] for r in results],
+            },
+            conditions={
+                **conditions,
+                "server_cpus": args.server_cpus or "any",
+                "client_cpus": args.client_cpus or "any",
+                "loadavg_1m_end": procstat.machine().get("loadavg_1m"),
+                # Busy cores of the whole machine in the window, and what neither the
+                # server nor the load generators used (other work on the machine).
+                "machine_busy_cores": _r(busy / window, 3),
+                "foreign_busy_cores": _r(max(0.0, busy - server_cpu - client_cpu) / window, 3),
+            },
+            server_start_s=_r(server_start_s, 1),
+        )
+        if profile is not None:
+            record["profile"] = _finish_profile(profile, args.top)
+        return record
+    finally:
+        if profile is not None and profile["process"].poll() is None:
+            profile["process"].kill()
+        for c in clients:
+            c.finish()
+        stopping = time.monotonic()
+        server.stop()
+        record["server_stop_s"] = _r(time.monotonic() - stopping, 1)
+        record["server_log"] = server.log_path
+        record["run_s"] = _r(time.monotonic() - started, 1)
+
+
+def wait_quiet(threshold: float, max_wait: float) -> float:
+    """Wait (at most ``max_wait`` s) until the machine is busy on less than ``threshold`` cores; the last reading."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = procstat.machine_busy_seconds()
+        time.sleep(1.0)
+        busy = procstat.machine_busy_seconds() - before
+        if busy < threshold or time.monotonic() >= deadline:
+            return round(busy, 2)
+
+
+def _thread_groups(before: dict, after: dict, names: dict, divisor: float) -> dict:
+    """CPU per session-second of a process's threads, grouped by their part (see procstat.thread_group)."""
+    groups: Counter = Counter()
+    if not names:
+        return {"all threads (py-spy not installed: no split)": _r(sum(after[t] - before.get(t, 0.0) for t in after) / divisor, 4)}
+    for tid, cpu in after.items():
+        groups[procstat.thread_group(names.get(tid))] += cpu - before.get(tid, 0.0)
+    return {group: _r(v / divisor, 4) for group, v in groups.most_common()}
+
+
+def _r(value, digits: int = 2):
+    return None if value is None else round(float(value), digits)
+
+
+# --------------------------------------------------------------------- profiling
+
+
+def _start_profile(pid: int, seconds: float, log_dir: Path, native: bool) -> dict:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = log_dir / f"engine-{pid}.pyspy.txt"
+    command = [py_spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100", "-f", "raw", "-o", str(out), "--threads"]
+    # Default: only the thread holding the GIL is sampled (--gil), without pausing the engine
+    # (--nonblocking): where the Python time goes. Idle waits (uvloop's poll, executor and
+    # decoder queues) hold no GIL and drop out; codec work inside PyAV releases it and shows
+    # in the per-thread /proc figures instead. --native: every thread with native frames
+    # (py-spy then pauses the engine at each sample and counts idle polls as active).
+    command += ["--native"] if native else ["--gil", "--nonblocking"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=(log_dir / "py-spy.log").open("wb"))
+    return {"process": process, "out": out}
+
+
+def _finish_profile(profile: dict, top: int) -> dict:
+    try:
+        profile["process"].wait(30)
+    except subprocess.TimeoutExpired:
+        profile["process"].kill()
+    return summarize_collapsed(profile["out"], top)
+
+
+def summarize_collapsed(path: Path, top: int = 25) -> dict:
+    """Self and inclusive share of each function, and each thread group's share, in py-spy's raw output.
+
+    Shares are of all samples (with ``--gil``: of the time some thread held the GIL).
+    ``main_self`` is the same as ``self`` for the event loop thread alone.
+    """
+    own: Counter = Counter()
+    main_own: Counter = Counter()
+    inclusive: Counter = Counter()
+    groups: Counter = Counter()
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        name = None
+        # --threads puts "thread (<tid>): <name>" (and maybe the process) first.
+        while frames and (frames[0].startswith("process ") or frames[0].startswith("thread ")):
+            head = frames.pop(0)
+            if head.startswith("thread "):
+                name = head.split(": ", 1)[1] if ": " in head else None
+        if not frames:
+            continue
+        total += n
+        groups[procstat.thread_group(name)] += n
+        own[frames[-1]] += n
+        if name == "MainThread":
+            main_own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    pct = lambda c: round(100.0 * c / total, 1) if total else 0.0  # noqa: E731
+    return {
+        "samples": total,
+        "file": str(path),
+        "thread_groups": [{"group": g, "pct": pct(c)} for g, c in groups.most_common()],
+        "self": [{"function": f, "pct": pct(c)} for f, c in own.most_common(top)],
+        "main_self": [{"function": f, "pct": pct(c)} for f, c in main_own.most_common(top)],
+        "inclusive": [{"function": f, "pct": pct(c)} for f, c in inclusive.most_common(top)],
+    }
+
+
+# --------------------------------------------------------------------- report
+
+
+def code_fingerprint() -> dict:
+    """A hash of the code under test (engine/, workers/, transport/): results name what they measured."""
+    out = {}
+    for package in ("engine", "workers", "transport"):
+        digest = hashlib.sha1()
+        for path in sorted((ROOT / package).glob("*.py")):
+            digest.update(path.name.encode() + path.read_bytes())
+        out[package] = digest.hexdigest()[:12]
+    return out
+
+
+def print_table(records: list[dict]) -> None:
+    av = [r for r in records if r.get("bench") == "av" and "error" not in r]
+    if av:
+        print()
+        header = (
+            f"{'peers':>5} {'server':<9} {'conn':>4} {'ref':>3} {'fps med/min/worst1s':>20} {'aud/s':>6} "
+            f"{'lat p50/p95 ms':>15} {'1st echo s':>10} {'CPU/sess':>9} {'engine':>7} {'workers':>7} "
+            f"{'cli/oth':>8} {'RSS MB (per process)':<28}"
+        )
+        print(header)
+        print("-" * len(header))
+        for r in av:
+            roles = r["cpu_per_session_by_role"]
+            rss = "+".join(f"{p['rss_mb']:.0f}" for p in r["processes"])
+            lat = f"{_fmt(r['latency_p50_ms'], 0)}/{_fmt(r['latency_p95_ms'], 0)}"
+            print(
+                f"{r['peers']:>5} {r['server']:<9} {r['connected']:>4} {r['refused']:>3} "
+                f"{r['video_fps_median']:>7.1f}/{r['video_fps_min']:>5.1f}/{r['video_worst_1s_bin']:>4} "
+                f"{r['audio_fps_median']:>6.1f} {lat:>15} {_fmt(r['first_echo_s'], 2):>10} "
+                f"{r['cpu_per_session']:>9.3f} {_fmt(roles.get('engine'), 3):>7} {_fmt(roles.get('worker'), 3):>7} "
+                f"{r['client']['cpu_share_of_one_core']:>4.2f}/{r['conditions']['foreign_busy_cores']:<4.2f} "
+                f"{rss} = {r['rss_mb_total']:.0f}"
+            )
+        print("CPU/sess: CPU-seconds per session-second, whole server process tree (1.0 = one core per session);")
+        print("engine/workers: the same split by process; cli/oth: cores used in the window by the load generators /")
+        print("by anything else on the machine (run conditions); fps worst1s: fewest frames any peer got in a 1 s bin.")
+    if av:
+        print("\nCPU per session-second by thread group (from /proc/<pid>/task, thread names from py-spy dump)")
+        for r in av:
+            for p in r["processes"]:
+                groups = ", ".join(f"{g} {v:.3f}" for g, v in p.get("cpu_per_session_by_thread_group", {}).items() if v >= 0.001)
+                print(f"{r['peers']:>3} {r['server']:<9} {p['role']:<7} pid {p['pid']:<7} {p['cpu_per_session']:.3f}: {groups}")
+    ratios = compute_ratios(av)
+    if ratios:
+        print()
+        print("host / reference")
+        header = f"{'peers':>5} {'fps med':>8} {'lat p50':>8} {'lat p95':>8} {'CPU total':>10} {'engine/ref':>11} {'workers/ref':>12} {'RSS total':>10}"
+        print(header)
+        print("-" * len(header))
+        for q in ratios:
+            print(
+                f"{q['peers']:>5} {_fmt(q['fps_median'], 2):>8} {_fmt(q['latency_p50'], 2):>8} {_fmt(q['latency_p95'], 2):>8} "
+                f"{_fmt(q['cpu_per_session_total'], 2):>10} {_fmt(q['cpu_per_session_engine'], 2):>11} "
+                f"{_fmt(q['cpu_per_session_workers'], 2):>12} {_fmt(q['rss_total'], 2):>10}"
+            )
+        print("targets: engine/ref <= 0.30, CPU total <= 0.80 (per A/V session, against the reference's per-session total)")
+    for r in records:
+        if r.get("bench") == "av" and "error" in r:
+            print(f"{r['server']} with {r['peers']} peers: FAILED: {r['error']}")
+        if r.get("profile"):
+            print_profile(r)
+
+
+def print_profile(r: dict) -> None:
+    p = r["profile"]
+    print(f"\nengine profile ({r['server']}, {r['peers']} peers): {p['samples']} samples; {p['file']}")
+    print("thread groups: " + ", ".join(f"{t['group']} {t['pct']}%" for t in p["thread_groups"]))
+    print(f"{'self %':>7}  function")
+    for item in p["self"]:
+        print(f"{item['pct']:>7}  {item['function']}")
+    print(f"{'incl %':>7}  function")
+    for item in p["inclusive"]:
+        print(f"{item['pct']:>7}  {item['function']}")
+
+
+def _fmt(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def compute_ratios(av: list[dict]) -> list[dict]:
+    out = []
+    for peers in sorted({r["peers"] for r in av}):
+        host = next((r for r in av if r["peers"] == peers and r["server"] == "host"), None)
+        ref = next((r for r in av if r["peers"] == peers and r["server"] == "reference"), None)
+        if not host or not ref:
+            continue
+
+        def ratio(a, b):
+            return None if a is None or not b else round(a / b, 3)
+
+        out.append(
+            {
+                "bench": "ratio",
+                "peers": peers,
+                "fps_median": ratio(host["video_fps_median"], ref["video_fps_median"]),
+                "latency_p50": ratio(host["latency_p50_ms"], ref["latency_p50_ms"]),
+                "latency_p95": ratio(host["latency_p95_ms"], ref["latency_p95_ms"]),
+                "cpu_per_session_total": ratio(host["cpu_per_session"], ref["cpu_per_session"]),
+                "cpu_per_session_engine": ratio(host["cpu_per_session_by_role"].get("engine"), ref["cpu_per_session"]),
+                "cpu_per_session_workers": ratio(host["cpu_per_session_by_role"].get("worker"), ref["cpu_per_session"]),
+                "rss_total": ratio(host["rss_mb_total"], ref["rss_mb_total"]),
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--peers", default="1,2,4", help="comma-separated peer counts (default 1,2,4)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per run (default 20)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds between every peer having video and the window (default 5)")
+    parser.add_argument("--servers", default="host,reference", help="which servers, in order (default host,reference)")
+    parser.add_argument("--workers", type=int, default=2, help="the host's --workers (default 2)")
+    parser.add_argument("--peers-per-client", type=int, default=4, help="peers per load-generator process (default 4)")
+    parser.add_argument("--stagger", type=float, default=0.3, help="seconds between peer connection starts (default 0.3)")
+    parser.add_argument("--server-cpus", help="taskset CPU list for the server's processes (default: not pinned)")
+    parser.add_argument("--client-cpus", help="taskset CPU list for the load generators (default: not pinned)")
+    parser.add_argument("--quiet-cores", type=float, default=0.5, help="before each run, wait until the machine is busy on fewer cores than this (default 0.5)")
+    parser.add_argument("--quiet-wait", type=float, default=30.0, help="longest wait for that, seconds (default 30)")
+    parser.add_argument("--skip-ipc", action="store_true", help="skip the IPC micro-benchmark")
+    parser.add_argument("--ipc-seconds", type=float, default=3.0, help="IPC throughput phase per kind (default 3)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the engine during host windows (figures then include py-spy)")
+    parser.add_argument("--native", action="store_true", help="with --profile: native frames too (pauses the engine while sampling)")
+    parser.add_argument("--top", type=int, default=25, help="with --profile: functions listed")
+    parser.add_argument("--out", help="JSON lines file (default tests/bench/results/bench-<time>.jsonl)")
+    args = parser.parse_args(argv)
+
+    peer_counts = [int(x) for x in args.peers.split(",") if x.strip()]
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    for s in servers:
+        if s not in ("host", "reference"):
+            parser.error(f"unknown server {s!r}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_path = Path(args.out) if args.out else RESULTS_DIR / f"bench-{stamp}.jsonl"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = RESULTS_DIR / f"logs-{stamp}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    records: list[dict] = []
+
+    def emit(record: dict) -> None:
+        records.append(record)
+        line = json.dumps(record)
+        with out_path.open("a") as f:
+            f.write(line + "\n")
+        print(line, flush=True)
+
+    import aiortc
+    import av
+    import pipecat
+
+    emit(
+        {
+            "bench": "meta",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": sys.argv[1:],
+            "code": code_fingerprint(),
+            "versions": {"python": sys.version.split()[0], "aiortc": aiortc.__version__, "av": av.__version__,
+                         "pipecat": getattr(pipecat, "__version__", "?")},
+            "machine": procstat.machine(),
+            "clip": {k: v for k, v in load_clip(640, 480).params.items()},
+        }
+    )
+    clip = load_clip(640, 480)
+    print(f"clip: {len(clip.video)} VP8 frames 640x480@30 ({clip.video_kbps:.0f} kbit/s), {len(clip.audio)} Opus packets", flush=True)
+
+    if not args.skip_ipc:
+        from tests.bench import ipc_bench
+
+        for direct in (False, True):
+            for result in ipc_bench.run(seconds=args.ipc_seconds, direct=direct):
+                emit({"bench": "ipc", **result})
+
+    for peers in peer_counts:
+        for kind in servers:
+            print(f"--- {kind}, {peers} peers", flush=True)
+            try:
+                emit(run_one(kind, peers, args, log_dir))
+            except Exception as e:  # a failed run is a result too
+                emit({"bench": "av", "server": kind, "peers": peers, "error": f"{type(e).__name__}: {e}"})
+
+    for ratio in compute_ratios([r for r in records if r.get("bench") == "av" and "error" not in r]):
+        emit(ratio)
+    ipc = [r for r in records if r.get("bench") == "ipc"]
+    if ipc:
+        print("\nIPC hop (engine -> worker -> engine, ipc://, real processes)")
+        print(f"{'path':<7} {'kind':<6} {'rtt p50 us':>10} {'rtt p99 us':>10} {'msgs/s (w=8)':>13} {'MB/s in':>8} {'CPU us/rt eng':>14} {'CPU us/rt wkr':>14}")
+        for r in ipc:
+            print(
+                f"{r['path']:<7} {r['kind']:<6} {r['rtt_p50_us']:>10.0f} {r['rtt_p99_us']:>10.0f} {r['throughput_msgs_s']:>13.0f} "
+                f"{r['throughput_MBps_in']:>8.0f} {r['cpu_us_per_roundtrip_engine']:>14.0f} {r['cpu_us_per_roundtrip_worker']:>14.0f}"
+            )
+    print_table(records)
+    print(f"\nresults: {out_path}\nlogs: {log_dir}")
+
+
+if __name__ == "__main__":
+    main()
