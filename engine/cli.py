@@ -14,9 +14,7 @@ from pydantic import ValidationError
 from engine.engine import Engine
 from engine.settings import HostSettings, load_settings
 from engine.signaling import create_app
-
-# A worker asked to stop gets this long before it is terminated, then killed.
-WORKER_STOP_GRACE_S = 5.0
+from engine.supervisor import LocalWorkers
 
 
 def configure_logging(level: str) -> None:
@@ -33,44 +31,11 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _spawn_worker(engine: Engine, settings: HostSettings, config_file: str | None, index: int):
-    worker_id = f"{engine.engine_id}-w{index}"
-    config = ["--config", config_file] if config_file else []
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "worker",
-        "--engine", engine.endpoint,
-        "--worker-id", worker_id,
-        "--bot", settings.bot,
-        "--log-level", settings.log_level,
-        *config,
-        # Its own session: a terminal's Ctrl-C reaches the engine, which stops workers in order.
-        start_new_session=True,
-    )
-    engine.watch_local_worker(worker_id, process)
-    return process
-
-
-async def _stop_processes(processes) -> None:
-    async def stop(process):
-        try:
-            await asyncio.wait_for(process.wait(), WORKER_STOP_GRACE_S)
-        except TimeoutError:
-            logger.warning(f"worker pid {process.pid} did not stop in time; terminating it")
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 2.0)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-    await asyncio.gather(*(stop(p) for p in processes))
-
-
 async def serve(settings: HostSettings, config_file: str | None = None) -> None:
     """Run the engine, its HTTP API and ``settings.worker_count`` local workers until signalled."""
     engine = Engine(settings)
     await engine.start()
-    processes = []
+    workers = LocalWorkers(engine, settings, config_file)
     server = _Server(
         uvicorn.Config(
             create_app(engine), host=settings.host, port=settings.port,
@@ -87,15 +52,14 @@ async def serve(settings: HostSettings, config_file: str | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_exit)
     try:
-        for index in range(settings.worker_count):
-            processes.append(await _spawn_worker(engine, settings, config_file, index))
+        await workers.start()
         if settings.host not in ("127.0.0.1", "localhost", "::1"):
             logger.warning(f"listening on {settings.host}: the HTTP API is reachable from the network")
-        print(f"smallwebrtc-host: http://{settings.host}:{settings.port}/ ({len(processes)} workers)", flush=True)
+        print(f"smallwebrtc-host: http://{settings.host}:{settings.port}/ ({len(workers)} workers)", flush=True)
         await server.serve()
     finally:
         await engine.stop()
-        await _stop_processes(processes)
+        await workers.stop()
         logger.info("smallwebrtc-host stopped")
 
 

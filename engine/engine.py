@@ -157,7 +157,8 @@ class Engine:
             raise OfferRejected(503, "every worker is at capacity or none has joined yet", retry_after=2)
 
         pc_id = f"{self.engine_id}-{uuid.uuid4().hex}"
-        peer = PeerActor(pc_id, self.settings, worker, self._peer_ended)
+        opening = SessionOpen(pc_id, runner_session_id or str(uuid.uuid4()), body)
+        peer = PeerActor(opening, self.settings, worker, self._peer_ended)
         self.peers[pc_id] = peer
         worker.sessions.add(pc_id)
         asyncio.create_task(peer.run(), name=f"peer-{pc_id}")
@@ -168,7 +169,7 @@ class Engine:
             raise OfferRejected(400, str(e)) from e
         if self.settings.esp32:
             answer["sdp"] = smallwebrtc_sdp_munging(answer["sdp"], self._esp32_host)
-        worker.outbox.send(SessionOpen(pc_id, runner_session_id or str(uuid.uuid4()), body))
+        worker.outbox.send(opening)
         peer.log.info(f"peer {pc_id}: new session on worker {worker.worker_id}")
         return answer
 
@@ -232,12 +233,19 @@ class Engine:
         )
 
     def _worker_lost(self, handle: WorkerHandle, reason: str) -> None:
-        self.log.error(f"worker {handle.worker_id} lost: {reason}; closing its {len(handle.sessions)} sessions")
+        """Move a lost worker's sessions to live workers with room; end the ones nobody can take."""
+        self.log.error(f"worker {handle.worker_id} lost: {reason}; moving its {len(handle.sessions)} sessions")
         self.registry.remove(handle, reason)
         for pc_id in list(handle.sessions):
             peer = self.peers.get(pc_id)
-            if peer is not None:
-                peer.close(f"worker {handle.worker_id} lost: {reason}", tell_worker=False)
+            if peer is None:
+                continue
+            target = self.registry.place()
+            if target is None:
+                peer.close(f"worker {handle.worker_id} lost ({reason}) and no worker has room", tell_worker=False)
+            else:
+                target.sessions.add(pc_id)
+                peer.move_to(target)
 
     async def _supervise(self) -> None:
         interval = min(self.settings.heartbeat_interval_s, 0.5)

@@ -37,6 +37,7 @@ from engine.protocol import (
     PeerStateChange,
     SessionClose,
     SessionConnect,
+    SessionOpen,
     TrackStatusChange,
     VideoIn,
     VideoOut,
@@ -114,6 +115,12 @@ class _PcEvent(NamedTuple):
     data: Any = None
 
 
+class _MoveTo(NamedTuple):
+    """The engine: the session's worker was lost, this one takes over."""
+
+    worker: WorkerHandle
+
+
 class _WorkerMessage(NamedTuple):
     message: Any
     payload: list
@@ -130,7 +137,7 @@ class PeerActor:
 
     def __init__(
         self,
-        pc_id: str,
+        opening: SessionOpen,
         settings: HostSettings,
         worker: WorkerHandle,
         on_ended: Callable[["PeerActor"], None],
@@ -138,12 +145,15 @@ class PeerActor:
         """Initialize the actor; ``run()`` must be started to serve it.
 
         Args:
-            pc_id: The session's id, handed to the client and to the worker.
+            opening: What a worker is sent to run this session's bot; its
+                ``session_id`` is the pc_id handed to the client.
             settings: Host settings (ICE servers, timers).
             worker: The worker that runs this session's bot.
             on_ended: Called once when the session has ended.
         """
+        pc_id = opening.session_id
         self.pc_id = pc_id
+        self.opening = opening
         self.worker = worker
         self.mailbox: Mailbox = Mailbox(f"peer {pc_id}")
         self._settings = settings
@@ -205,6 +215,11 @@ class PeerActor:
             # it, and each one must be acknowledged.
             self.mailbox.put(item)
 
+    def move_to(self, worker: WorkerHandle) -> None:
+        """Ask the actor to run its bot on another worker (its own was lost); the peer stays connected."""
+        if not self._ended:
+            self.mailbox.put(_MoveTo(worker))
+
     def close(self, reason: str, tell_worker: bool = True) -> None:
         """Ask the actor to end the session."""
         if not self._ended:
@@ -261,6 +276,8 @@ class PeerActor:
                 reply.set_result(None)
             case Close(reason, tell_worker):
                 await self._end(reason, tell_worker=tell_worker, notify_peer=True)
+            case _MoveTo(worker):
+                self._move_to(worker)
 
     # ---- signaling ----
 
@@ -627,6 +644,26 @@ class PeerActor:
         self._readers.clear()
         self._keyframe_requests.clear()
         self.worker.outbox.mailbox.discard_lanes(lambda lane: isinstance(lane, tuple) and lane[0] == self.pc_id)
+
+    # ---- recovery ----
+
+    def _move_to(self, worker: WorkerHandle) -> None:
+        """Start a fresh bot on ``worker``; it connects as the first one did."""
+        lost = self.worker
+        self._stop_readers()
+        self.worker = worker
+        self.log = logger.bind(pc_id=self.pc_id, worker_id=worker.worker_id)
+        self._bot_ready = False
+        self._reported_state = "new"
+        self._capture = {}
+        self._bot_was_late = False
+        if self._audio_out is not None:
+            # Audio the lost bot queued is not the new bot's to finish.
+            self._audio_out.clear()
+        for index in SOURCES:
+            self._apply_capture(index)
+        worker.outbox.send(self.opening)
+        self.log.info(f"peer {self.pc_id}: session moved from lost worker {lost.worker_id} to {worker.worker_id}")
 
     # ---- the end ----
 
