@@ -17,10 +17,10 @@ from engine.signaling import create_app
 from engine.supervisor import LocalWorkers
 
 
-def configure_logging(level: str) -> None:
-    """One stderr sink at ``level`` for this process."""
+def configure_logging(settings: HostSettings) -> None:
+    """One stderr sink for this process: text, or JSON lines carrying pc_id and worker_id."""
     logger.remove()
-    logger.add(sys.stderr, level=level.upper())
+    logger.add(sys.stderr, level=settings.log_level.upper(), serialize=settings.log_json)
 
 
 class _Server(uvicorn.Server):
@@ -44,17 +44,28 @@ async def serve(settings: HostSettings, config_file: str | None = None) -> None:
     )
     loop = asyncio.get_running_loop()
 
-    def request_exit():
+    def stop_now():
         if server.should_exit:
             server.force_exit = True
         server.should_exit = True
 
+    def on_signal():
+        # The first signal drains, the second stops at once.
+        if engine.draining:
+            stop_now()
+        else:
+            engine.drain("signal; send it again to stop at once")
+
+    engine.on_drained = stop_now
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, request_exit)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await workers.start()
-        if settings.host not in ("127.0.0.1", "localhost", "::1"):
-            logger.warning(f"listening on {settings.host}: the HTTP API is reachable from the network")
+        if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
+            logger.warning(
+                f"listening on {settings.host} WITHOUT api_token: anyone who reaches this address can start "
+                "bot sessions. Set api_token (or SMALLWEBRTC_HOST_API_TOKEN) outside local development."
+            )
         print(f"smallwebrtc-host: http://{settings.host}:{settings.port}/ ({len(workers)} workers)", flush=True)
         await server.serve()
     finally:
@@ -103,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             engine_endpoint=args.engine_endpoint, log_level=args.log_level,
             connection_mode=args.connection_mode, esp32=args.esp32,
         )
-        configure_logging(settings.log_level)
+        configure_logging(settings)
         try:
             uvloop.run(serve(settings, args.config))
         except ValueError as e:
@@ -112,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         from workers.worker import run_worker
 
         settings = _settings_from(args, bot=args.bot, log_level=args.log_level)
-        configure_logging(settings.log_level)
+        configure_logging(settings)
         uvloop.run(run_worker(settings, args.engine, args.worker_id))
 
 

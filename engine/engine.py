@@ -7,6 +7,7 @@ import socket
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -18,6 +19,7 @@ from pipecat.runner.utils import smallwebrtc_sdp_munging
 import aiortc.rtcsctptransport
 from engine.ice import restrict_host_addresses
 from engine.link import bind_router
+from engine.metrics import HostMetrics
 from engine.peer import PeerActor, SignalingError
 from engine.protocol import (
     EngineHeartbeat,
@@ -68,6 +70,11 @@ class Engine:
         self.registry: WorkerRegistry | None = None
         self._tasks: list[asyncio.Task] = []
         self._local_workers: dict[str, Any] = {}
+        self.metrics = HostMetrics(self)
+        self.loop_lag_ms = 0.0
+        self.draining = False
+        self.on_drained: Callable[[], None] | None = None
+        self._drain_task: asyncio.Task | None = None
         self.log = logger.bind(engine_id=self.engine_id)
 
     async def start(self) -> None:
@@ -79,7 +86,7 @@ class Engine:
             self._runtime_dir = tempfile.mkdtemp(prefix="smallwebrtc-host-")
             self.endpoint = f"ipc://{self._runtime_dir}/engine.sock"
         self._router = bind_router(self._context, self.endpoint)
-        self.registry = WorkerRegistry(self._router)
+        self.registry = WorkerRegistry(self._router, self.metrics.count_drop("engine_outbox"))
         self._tasks = [
             asyncio.create_task(self._receive(), name="engine-receive"),
             asyncio.create_task(self._supervise(), name="engine-supervise"),
@@ -93,7 +100,7 @@ class Engine:
     async def stop(self) -> None:
         """End every session, tell workers to leave, and release the socket and its files."""
         for peer in list(self.peers.values()):
-            peer.close("host shutting down")
+            peer.close("host shutting down", "host_stopped")
         deadline = time.monotonic() + 2.0
         while self.peers and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -101,8 +108,9 @@ class Engine:
             handle.outbox.send(WorkerStop("engine stopping"))
         # Give the pumps a moment to deliver the stops before the socket goes.
         await asyncio.sleep(0.2)
-        for task in self._tasks:
-            task.cancel()
+        for task in [*self._tasks, self._drain_task]:
+            if task is not None:
+                task.cancel()
         for handle in self.registry or []:
             self.registry.remove(handle, "engine stopped")
         if self._router is not None:
@@ -118,6 +126,34 @@ class Engine:
         # Pipecat's runner keeps only the candidates of the host it serves on.
         host = self.settings.host
         return None if host in ("0.0.0.0", "::") else host
+
+    def readiness(self) -> str | None:
+        """Why the host takes no new session now, or None when it does."""
+        if self.draining:
+            return "draining"
+        if self.registry is None or self.registry.place() is None:
+            return "no worker with room"
+        return None
+
+    def drain(self, why: str) -> None:
+        """Take no new sessions; once the running ones end (or the drain timeout passes), call ``on_drained``."""
+        if self.draining:
+            return
+        self.draining = True
+        self.log.warning(
+            f"draining ({why}): {self.live_peer_count()} sessions left, taking no new ones; "
+            f"the rest end in {self.settings.drain_timeout_s:g} s"
+        )
+        self._drain_task = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while self.live_peer_count() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        if self.live_peer_count():
+            self.log.warning(f"drain timeout: ending the last {self.live_peer_count()} sessions")
+        if self.on_drained is not None:
+            self.on_drained()
 
     def live_peer_count(self) -> int:
         """Sessions that have not ended."""
@@ -150,26 +186,31 @@ class Engine:
                 answer["sdp"] = smallwebrtc_sdp_munging(answer["sdp"], self._esp32_host)
             return answer
 
+        if self.draining:
+            raise OfferRejected(503, "the host is draining: it takes no new sessions", retry_after=30)
         if self.settings.connection_mode == ConnectionMode.SINGLE and self.live_peer_count():
             raise OfferRejected(400, "Cannot create new connection with existing connection active")
         worker = self.registry.place()
         if worker is None:
             raise OfferRejected(503, "every worker is at capacity or none has joined yet", retry_after=2)
 
+        started = time.monotonic()
         pc_id = f"{self.engine_id}-{uuid.uuid4().hex}"
         opening = SessionOpen(pc_id, runner_session_id or str(uuid.uuid4()), body)
-        peer = PeerActor(opening, self.settings, worker, self._peer_ended)
+        peer = PeerActor(opening, self.settings, worker, self.metrics, self._peer_ended)
         self.peers[pc_id] = peer
         worker.sessions.add(pc_id)
         asyncio.create_task(peer.run(), name=f"peer-{pc_id}")
         try:
             answer = await peer.offer(sdp, type, restart_pc=False)
         except SignalingError as e:
-            peer.close(f"rejected offer: {e}", tell_worker=False)
+            peer.close(f"rejected offer: {e}", "rejected", tell_worker=False)
             raise OfferRejected(400, str(e)) from e
         if self.settings.esp32:
             answer["sdp"] = smallwebrtc_sdp_munging(answer["sdp"], self._esp32_host)
         worker.outbox.send(opening)
+        self.metrics.sessions_started.inc()
+        self.metrics.session_setup.observe(time.monotonic() - started)
         peer.log.info(f"peer {pc_id}: new session on worker {worker.worker_id}")
         return answer
 
@@ -242,16 +283,18 @@ class Engine:
                 continue
             target = self.registry.place()
             if target is None:
-                peer.close(f"worker {handle.worker_id} lost ({reason}) and no worker has room", tell_worker=False)
+                peer.close(f"worker {handle.worker_id} lost ({reason}) and no worker has room", "worker_lost", tell_worker=False)
             else:
                 target.sessions.add(pc_id)
                 peer.move_to(target)
+                self.metrics.sessions_moved.inc()
 
     async def _supervise(self) -> None:
         interval = min(self.settings.heartbeat_interval_s, 0.5)
         next_heartbeat = 0.0
         while True:
             now = time.monotonic()
+            expected = now + interval
             for handle in self.registry:
                 process = self._local_workers.get(handle.worker_id)
                 if process is not None and process.returncode is not None:
@@ -265,3 +308,5 @@ class Engine:
             if now >= next_heartbeat:
                 next_heartbeat = now + self.settings.heartbeat_interval_s
             await asyncio.sleep(interval)
+            # How late the loop woke up: every peer of this engine waited as long.
+            self.loop_lag_ms = max(0.0, (time.monotonic() - expected) * 1000)

@@ -39,13 +39,14 @@ class Outbox:
     process as lost) and takes no more.
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, on_drop: Callable[[Hashable], None] | None = None):
         """Initialize the outbox.
 
         Args:
             name: Who the messages are for, in logs.
+            on_drop: Called with the lane of every dropped media item.
         """
-        self.mailbox: Mailbox[Frames] = Mailbox(name)
+        self.mailbox: Mailbox[Frames] = Mailbox(name, on_drop=on_drop)
         self.broken: str | None = None
 
     def send(self, message: Message, *payload) -> None:

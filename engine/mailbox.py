@@ -24,14 +24,22 @@ class MailboxOverflow(Exception):
 class Mailbox(Generic[T]):
     """A bounded mailbox with one ordered control queue and drop-policy media lanes."""
 
-    def __init__(self, name: str, control_limit: int = 10_000):
+    def __init__(
+        self,
+        name: str,
+        control_limit: int = 10_000,
+        on_drop: Callable[[Hashable], None] | None = None,
+    ):
         """Initialize the mailbox.
 
         Args:
             name: Used in errors and logs.
             control_limit: Control items it holds before ``put`` raises.
+            on_drop: Called with the lane of every dropped item (for metrics).
         """
         self.name = name
+        self._on_drop = on_drop
+        self.dropped_total = 0
         self._control_limit = control_limit
         self._control: deque[T] = deque()
         self._lanes: dict[Hashable, deque[T]] = {}
@@ -66,6 +74,9 @@ class Mailbox(Generic[T]):
             self._turns.append(lane)
         elif len(queue) == queue.maxlen:
             self.dropped[lane] += 1
+            self.dropped_total += 1
+            if self._on_drop is not None:
+                self._on_drop(lane)
         queue.append(item)
         self._wakeup.set()
 

@@ -23,6 +23,7 @@ from av import AudioFrame, VideoFrame
 from loguru import logger
 
 from engine.mailbox import Mailbox
+from engine.metrics import HostMetrics
 from engine.protocol import (
     AppMessageIn,
     AppMessageOut,
@@ -104,6 +105,7 @@ class Close(NamedTuple):
     """Close the session: from a timer, the engine, or a lost worker."""
 
     reason: str
+    outcome: str
     tell_worker: bool = True
 
 
@@ -140,6 +142,7 @@ class PeerActor:
         opening: SessionOpen,
         settings: HostSettings,
         worker: WorkerHandle,
+        metrics: HostMetrics,
         on_ended: Callable[["PeerActor"], None],
     ):
         """Initialize the actor; ``run()`` must be started to serve it.
@@ -149,11 +152,15 @@ class PeerActor:
                 ``session_id`` is the pc_id handed to the client.
             settings: Host settings (ICE servers, timers).
             worker: The worker that runs this session's bot.
+            metrics: Where frames and outcomes are counted.
             on_ended: Called once when the session has ended.
         """
         pc_id = opening.session_id
         self.pc_id = pc_id
         self.opening = opening
+        self._metrics = metrics
+        self._answered_at: float | None = None
+        self._first_media_seen = False
         self.worker = worker
         self.mailbox: Mailbox = Mailbox(f"peer {pc_id}")
         self._settings = settings
@@ -220,10 +227,16 @@ class PeerActor:
         if not self._ended:
             self.mailbox.put(_MoveTo(worker))
 
-    def close(self, reason: str, tell_worker: bool = True) -> None:
-        """Ask the actor to end the session."""
+    def close(self, reason: str, outcome: str, tell_worker: bool = True) -> None:
+        """Ask the actor to end the session.
+
+        Args:
+            reason: Logged, and told to the worker.
+            outcome: One of ``engine.metrics.OUTCOMES``.
+            tell_worker: Whether the worker still needs to hear of it.
+        """
         if not self._ended:
-            self.mailbox.put(Close(reason, tell_worker))
+            self.mailbox.put(Close(reason, outcome, tell_worker))
 
     @property
     def ended(self) -> bool:
@@ -253,7 +266,7 @@ class PeerActor:
                         item.reply.set_exception(SignalingError(str(e)))
         finally:
             ticker.cancel()
-            await self._end("actor stopped", tell_worker=True, notify_peer=True)
+            await self._end("actor stopped", "host_stopped", tell_worker=True, notify_peer=True)
 
     async def _tick(self) -> None:
         while True:
@@ -274,8 +287,8 @@ class PeerActor:
                 for candidate in candidates if self._pc is not None else []:
                     await self._pc.addIceCandidate(candidate)
                 reply.set_result(None)
-            case Close(reason, tell_worker):
-                await self._end(reason, tell_worker=tell_worker, notify_peer=True)
+            case Close(reason, outcome, tell_worker):
+                await self._end(reason, outcome, tell_worker=tell_worker, notify_peer=True)
             case _MoveTo(worker):
                 self._move_to(worker)
 
@@ -344,6 +357,8 @@ class PeerActor:
             self._start_readers()
         if self._renegotiating_until is not None:
             self._renegotiating_until = time.monotonic() + RENEGOTIATION_GUARD_S
+        if self._answered_at is None:
+            self._answered_at = time.monotonic()
         description = pc.localDescription
         offer.reply.set_result({"sdp": description.sdp, "type": description.type, "pc_id": self.pc_id})
 
@@ -370,15 +385,15 @@ class PeerActor:
         self._report_state()
         now = time.monotonic()
         if self._restart_deadline is not None and now > self._restart_deadline:
-            await self._end(self._restart_reason, tell_worker=True, notify_peer=False)
+            await self._end(self._restart_reason, "peer_left", tell_worker=True, notify_peer=False)
         elif self._disconnected_since is not None and now - self._disconnected_since > self._settings.peer_lost_close_s:
-            await self._end("peer lost (no keepalive)", tell_worker=True, notify_peer=False)
+            await self._end("peer lost (no keepalive)", "peer_lost", tell_worker=True, notify_peer=False)
 
     async def _handle_state(self, state: str) -> None:
         self.log.debug(f"peer {self.pc_id}: connection state {state}")
         if state == "connecting" and self._connecting_timer is None:
             self._connecting_timer = self._after(
-                self._settings.connecting_timeout_s, "no connection within the connecting timeout"
+                self._settings.connecting_timeout_s, "no connection within the connecting timeout", "connect_timeout"
             )
         elif state != "connecting":
             self._cancel(self._connecting_timer)
@@ -392,10 +407,10 @@ class PeerActor:
             self._restart_deadline = time.monotonic() + self._settings.restart_grace_s
             await self._close_pc()
 
-    def _after(self, delay: float, reason: str) -> asyncio.Task:
+    def _after(self, delay: float, reason: str, outcome: str) -> asyncio.Task:
         async def fire():
             await asyncio.sleep(delay)
-            self.close(reason)
+            self.close(reason, outcome)
 
         return asyncio.create_task(fire())
 
@@ -486,13 +501,18 @@ class PeerActor:
     async def _handle_worker_message(self, message, payload: list) -> None:
         match message:
             case AudioOut(seq=seq):
+                self._bot_media_out(self._metrics.audio_out)
                 if self._audio_out is None:
                     self.worker.outbox.send(AudioOutAck(self.pc_id, seq))
                 else:
                     done = self._audio_out.add_audio_bytes(payload[0].buffer)
                     done.add_done_callback(lambda _: self.worker.outbox.send(AudioOutAck(self.pc_id, seq)))
             case VideoOut(width=width, height=height) if self._video_out is not None:
+                self._bot_media_out(self._metrics.video_out)
+                replaced = self._video_out.dropped_frames
                 self._video_out.add_video_frame(_Image(payload[0].buffer, (width, height), "I420"))
+                if self._video_out.dropped_frames > replaced:
+                    self._metrics.frames_dropped.labels("video", "output_track").inc()
             case AppMessageOut(json=text):
                 self._send_to_peer(text)
             case SessionConnect():
@@ -510,9 +530,15 @@ class PeerActor:
             case PeerRenegotiate():
                 self._ask_to_renegotiate()
             case SessionClose(reason=reason):
-                await self._end(f"worker: {reason}", tell_worker=False, notify_peer=True)
+                await self._end(f"worker: {reason}", "bot_ended", tell_worker=False, notify_peer=True)
             case VideoOut():
                 pass  # the bot sent video before asking for an output track
+
+    def _bot_media_out(self, counter) -> None:
+        counter.inc()
+        if not self._first_media_seen and self._answered_at is not None:
+            self._first_media_seen = True
+            self._metrics.first_media.observe(time.monotonic() - self._answered_at)
 
     def _ask_to_renegotiate(self) -> None:
         if self._renegotiating_until is not None and time.monotonic() < self._renegotiating_until:
@@ -611,6 +637,7 @@ class PeerActor:
         source = SOURCES[index]
         send = self.worker.outbox
         lane = (self.pc_id, source)
+        audio_in, video_in = self._metrics.audio_in, self._metrics.video_in
         next_due = 0.0
         try:
             while True:
@@ -622,6 +649,7 @@ class PeerActor:
                     message = AudioIn(self.pc_id, frame.sample_rate, channels, frame.pts)
                     pcm = memoryview(frame.planes[0])[: frame.samples * channels * 2]
                     send.send_bounded(lane, AUDIO_IN_LANE_FRAMES, message, pcm)
+                    audio_in.inc()
                     continue
                 max_fps = self._capture.get(source)
                 now = time.monotonic()
@@ -635,6 +663,7 @@ class PeerActor:
                     [plane.line_size for plane in planes], frame.pts,
                 )
                 send.send_latest(lane, message, *planes)
+                video_in.inc()
         except MediaStreamError:
             self.log.debug(f"peer {self.pc_id}: {source} track ended")
 
@@ -675,10 +704,11 @@ class PeerActor:
             pc.remove_all_listeners()
             await pc.close()
 
-    async def _end(self, reason: str, *, tell_worker: bool, notify_peer: bool) -> None:
+    async def _end(self, reason: str, outcome: str, *, tell_worker: bool, notify_peer: bool) -> None:
         if self._ended:
             return
         self._ended = True
+        self._metrics.sessions_total.labels(outcome).inc()
         self.log.info(f"peer {self.pc_id}: session ends ({reason})")
         if notify_peer and self._channel is not None and self._channel.readyState == "open":
             self._channel.send(json.dumps({"type": SIGNALLING_TYPE, "message": {"type": "peerLeft"}}))

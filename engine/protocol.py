@@ -32,10 +32,12 @@ class WorkerAccept(msgspec.Struct, tag=True, frozen=True):
 
 
 class WorkerHeartbeat(msgspec.Struct, tag=True, frozen=True):
-    """Worker to engine, every second: the worker lives, and its load."""
+    """Worker to engine, every second: the worker lives, its load, and whether it drains."""
 
     sessions: int
     loop_lag_ms: float
+    frames_dropped: int = 0
+    draining: bool = False
 
 
 class EngineHeartbeat(msgspec.Struct, tag=True, frozen=True):

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import zmq.asyncio
@@ -27,6 +28,8 @@ class WorkerHandle:
     last_seen: float = field(default_factory=time.monotonic)
     loop_lag_ms: float = 0.0
     reported_sessions: int = 0
+    frames_dropped: int = 0
+    draining: bool = False
     sessions: set[str] = field(default_factory=set)
     pump_task: asyncio.Task | None = None
     lost_reason: str | None = None
@@ -39,7 +42,7 @@ class WorkerHandle:
     @property
     def has_room(self) -> bool:
         """Whether the worker takes another session."""
-        return self.alive and len(self.sessions) < self.capacity
+        return self.alive and not self.draining and len(self.sessions) < self.capacity
 
     def heard(self, heartbeat: WorkerHeartbeat | None = None) -> None:
         """The worker spoke; a heartbeat also carries its load."""
@@ -47,6 +50,8 @@ class WorkerHandle:
         if heartbeat is not None:
             self.loop_lag_ms = heartbeat.loop_lag_ms
             self.reported_sessions = heartbeat.sessions
+            self.frames_dropped = heartbeat.frames_dropped
+            self.draining = heartbeat.draining
 
     def describe(self) -> dict:
         """The worker as ``GET /workers`` shows it."""
@@ -58,19 +63,23 @@ class WorkerHandle:
             "sessions": sorted(self.sessions),
             "reported_sessions": self.reported_sessions,
             "loop_lag_ms": round(self.loop_lag_ms, 2),
+            "frames_dropped": self.frames_dropped,
+            "draining": self.draining,
         }
 
 
 class WorkerRegistry:
     """Live workers by id, and placement of new sessions on them."""
 
-    def __init__(self, router: zmq.asyncio.Socket):
+    def __init__(self, router: zmq.asyncio.Socket, on_drop: Callable[[Hashable], None] | None = None):
         """Initialize the registry.
 
         Args:
             router: The engine's socket, which every worker handle sends through.
+            on_drop: Called with the lane of every media item an outbox drops.
         """
         self._router = router
+        self._on_drop = on_drop
         self._workers: dict[str, WorkerHandle] = {}
 
     def __iter__(self):
@@ -88,7 +97,7 @@ class WorkerRegistry:
             pid=pid,
             hostname=hostname,
             capacity=capacity,
-            outbox=Outbox(f"outbox to worker {worker_id}"),
+            outbox=Outbox(f"outbox to worker {worker_id}", self._on_drop),
         )
 
         async def send(parts: Frames) -> None:

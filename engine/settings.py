@@ -60,7 +60,11 @@ class HostSettings(BaseSettings):
     worker_dead_after_s: float = Field(3.0, gt=0)
     engine_silent_after_s: float = Field(10.0, gt=0)
     bot_end_grace_s: float = Field(5.0, ge=0)
+    drain_timeout_s: float = Field(3600.0, ge=0)
+    api_token: str = ""
+    admin_token: str = ""
     log_level: str = "INFO"
+    log_json: bool = False
 
     @field_validator("ice_servers", mode="before")
     @classmethod

@@ -1,15 +1,17 @@
 """The HTTP side of the engine: the routes of the SmallWebRTC wire contract and the demo page."""
 
+import hmac
 import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from aiortc.sdp import candidate_from_sdp
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.engine import Engine, OfferRejected
@@ -56,9 +58,23 @@ class StartRequest(BaseModel):
     body: Any = None
 
 
-def _rejection(e: OfferRejected) -> JSONResponse:
+def _rejection(engine: Engine, e: OfferRejected) -> JSONResponse:
+    engine.metrics.offers_refused.labels(str(e.status)).inc()
     headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
     return JSONResponse({"detail": e.detail}, status_code=e.status, headers=headers)
+
+
+def bearer_check(token: str, what: str):
+    """A FastAPI dependency that requires ``Authorization: Bearer <token>`` (nothing when token is empty)."""
+
+    def check(authorization: str | None = Header(default=None)) -> None:
+        if not token:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, f"{what} needs 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+
+    return check
 
 
 def _to_rtc_candidates(candidates: list[IceCandidateModel]) -> list:
@@ -86,6 +102,8 @@ def create_app(engine: Engine) -> FastAPI:
     """
     app = FastAPI(title="smallwebrtc-host")
     start_sessions: OrderedDict[str, Any] = OrderedDict()
+    api_auth = [Depends(bearer_check(engine.settings.api_token, "this API"))]
+    admin_auth = Depends(bearer_check(engine.settings.admin_token, "the admin API"))
 
     async def offer(request: OfferRequest, session_id: str | None, body: Any) -> JSONResponse | dict:
         try:
@@ -99,7 +117,7 @@ def create_app(engine: Engine) -> FastAPI:
             )
         except OfferRejected as e:
             logger.warning(f"offer (pc_id={request.pc_id}) rejected with {e.status}: {e.detail}")
-            return _rejection(e)
+            return _rejection(engine, e)
 
     async def patch(request: PatchRequest) -> JSONResponse | dict:
         candidates = _to_rtc_candidates(request.candidates)
@@ -107,18 +125,18 @@ def create_app(engine: Engine) -> FastAPI:
             await engine.add_candidates(request.pc_id, candidates)
         except OfferRejected as e:
             logger.warning(f"candidates for pc_id={request.pc_id} rejected with {e.status}: {e.detail}")
-            return _rejection(e)
+            return _rejection(engine, e)
         return {"status": "success"}
 
-    @app.post("/api/offer")
+    @app.post("/api/offer", dependencies=api_auth)
     async def post_offer(request: OfferRequest):
         return await offer(request, None, request.request_data)
 
-    @app.patch("/api/offer")
+    @app.patch("/api/offer", dependencies=api_auth)
     async def patch_offer(request: PatchRequest):
         return await patch(request)
 
-    @app.post("/start")
+    @app.post("/start", dependencies=api_auth)
     async def start(request: StartRequest):
         if request.transport != "webrtc":
             raise HTTPException(400, f"Transport '{request.transport}' is not served here (only 'webrtc').")
@@ -136,12 +154,12 @@ def create_app(engine: Engine) -> FastAPI:
             raise HTTPException(404, f"unknown session {session_id}")
         return start_sessions[session_id]
 
-    @app.post("/sessions/{session_id}/api/offer")
+    @app.post("/sessions/{session_id}/api/offer", dependencies=api_auth)
     async def post_session_offer(session_id: str, request: OfferRequest):
         body = start_session(session_id)
         return await offer(request, session_id, request.request_data or body)
 
-    @app.patch("/sessions/{session_id}/api/offer")
+    @app.patch("/sessions/{session_id}/api/offer", dependencies=api_auth)
     async def patch_session_offer(session_id: str, request: PatchRequest):
         start_session(session_id)
         return await patch(request)
@@ -149,6 +167,32 @@ def create_app(engine: Engine) -> FastAPI:
     @app.get("/status")
     async def status():
         return {"status": "ready", "transports": ["webrtc"]}
+
+    @app.get("/healthz")
+    async def healthz():
+        """The engine process lives and serves HTTP."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        """Whether the host takes a new session now (503 with the reason when it does not)."""
+        reason = engine.readiness()
+        if reason:
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+        return {"ready": True}
+
+    @app.get("/metrics")
+    async def metrics():
+        """Prometheus metrics."""
+        return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/drain", dependencies=[admin_auth])
+    async def admin_drain():
+        """Stop taking sessions; the host exits once the running ones end (or the drain timeout)."""
+        if not engine.settings.admin_token:
+            raise HTTPException(404, "the admin API is off: set admin_token to use it")
+        engine.drain("POST /admin/drain")
+        return {"draining": True, "sessions": engine.live_peer_count()}
 
     @app.get("/workers")
     async def workers():

@@ -14,7 +14,7 @@ from engine.settings import HostSettings
 WORKER_STOP_GRACE_S = 5.0
 # Restart delays double from the first to the last; a worker that ran this
 # long before dying starts the series over.
-RESTART_DELAY_FIRST_S = 0.5
+RESTART_DELAY_FIRST_S = 2.0
 RESTART_DELAY_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
 # More restarts than this within CRASH_LOOP_WINDOW_S: the slot is given up.

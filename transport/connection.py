@@ -64,7 +64,7 @@ class InputTrack:
     @property
     def dropped(self) -> int:
         """Frames dropped because the bot read too slowly."""
-        return sum(self._media.dropped.values())
+        return self._media.dropped_total
 
     def deliver(self, message: AudioIn | VideoIn, payload: list) -> None:
         """Take a frame from the engine, dropping by the track's policy."""
@@ -125,6 +125,11 @@ class SmallWebRTCConnection(BaseObject):
             "connecting", "connected", "disconnected", "closed", "failed", "new",
         ):
             self._register_event_handler(event)
+
+    @property
+    def frames_dropped(self) -> int:
+        """Peer frames dropped because the bot read them too late."""
+        return sum(track.dropped for track in self._tracks.values())
 
     @property
     def pc_id(self) -> str:

@@ -15,6 +15,7 @@ from loguru import logger
 from engine.link import Outbox, connect_dealer
 from engine.protocol import (
     EngineHeartbeat,
+    SessionClose,
     SessionOpen,
     WorkerAccept,
     WorkerHeartbeat,
@@ -65,6 +66,8 @@ class Worker:
         self._last_heard = time.monotonic()
         self._loop_lag_ms = 0.0
         self._stopping = asyncio.Event()
+        self._draining = False
+        self._frames_dropped_ended = 0
         self.log = logger.bind(worker_id=worker_id)
 
     async def run(self) -> None:
@@ -73,7 +76,7 @@ class Worker:
         dealer = connect_dealer(context, self.endpoint, self.worker_id)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stopping.set)
+            loop.add_signal_handler(sig, self._on_signal)
         pump = asyncio.create_task(self.outbox.pump(lambda parts: dealer.send_multipart(parts, copy=False)))
         receive = asyncio.create_task(self._receive(dealer))
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -96,6 +99,19 @@ class Worker:
             context.term()
             self.log.info(f"worker {self.worker_id} stopped")
 
+    def _on_signal(self) -> None:
+        # The first signal drains (no new sessions; leave when the last ends), the second stops at once.
+        if self._draining or not self.sessions:
+            self._stopping.set()
+        else:
+            self._draining = True
+            self.log.warning(f"worker {self.worker_id} draining: {len(self.sessions)} sessions left")
+            self.outbox.send(self._heartbeat_message())
+
+    def _heartbeat_message(self) -> WorkerHeartbeat:
+        dropped = self._frames_dropped_ended + sum(s.connection.frames_dropped for s in self.sessions.values())
+        return WorkerHeartbeat(len(self.sessions), self._loop_lag_ms, dropped, self._draining)
+
     async def _receive(self, dealer: zmq.asyncio.Socket) -> None:
         while True:
             parts = await dealer.recv_multipart(copy=False)
@@ -112,6 +128,9 @@ class Worker:
 
     def _dispatch(self, message, payload: list) -> None:
         match message:
+            case SessionOpen() if self._draining:
+                # Placed before the engine heard this worker drains: decline, the engine ends it.
+                self.outbox.send(SessionClose(message.session_id, "worker draining"))
             case SessionOpen():
                 self._open(message)
             case EngineHeartbeat():
@@ -137,6 +156,9 @@ class Worker:
         def ended(_):
             self._session_tasks.discard(task)
             self.sessions.pop(opening.session_id, None)
+            self._frames_dropped_ended += session.connection.frames_dropped
+            if self._draining and not self.sessions:
+                self._stopping.set()
 
         task.add_done_callback(ended)
         session.log.info(f"session {opening.session_id} started on worker {self.worker_id}")
@@ -148,7 +170,7 @@ class Worker:
             await asyncio.sleep(interval)
             # How late the loop woke up: what every session on this worker suffers too.
             self._loop_lag_ms = max(0.0, (time.monotonic() - expected) * 1000)
-            self.outbox.send(WorkerHeartbeat(len(self.sessions), self._loop_lag_ms))
+            self.outbox.send(self._heartbeat_message())
             silent = time.monotonic() - self._last_heard
             if silent > self.settings.engine_silent_after_s:
                 self.log.error(f"worker {self.worker_id}: engine silent for {silent:.0f} s; leaving")

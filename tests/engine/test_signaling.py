@@ -91,3 +91,67 @@ async def test_the_demo_page_is_served(host):
     assert status == 200 and "<html" in body.lower()
     status, _ = await request("GET", f"{host.base_url}/static/demo.js")
     assert status == 200
+
+
+async def test_health_readiness_and_metrics(host):
+    assert await request("GET", f"{host.base_url}/healthz") == (200, {"status": "ok"})
+    assert await request("GET", f"{host.base_url}/readyz") == (200, {"ready": True})
+    async with TestPeer(host.base_url) as peer:
+        await peer.connect()
+        await peer.wait_for_video_frames(3)
+        status, text = await request("GET", f"{host.base_url}/metrics")
+    assert status == 200
+    for name in (
+        "smallwebrtc_sessions_active",
+        "smallwebrtc_workers_live 1.0",
+        'smallwebrtc_frames_total{direction="in",kind="video"}',
+        'smallwebrtc_frames_total{direction="out",kind="audio"}',
+        "smallwebrtc_session_setup_seconds_count",
+        "smallwebrtc_time_to_first_media_seconds_count",
+        "smallwebrtc_ipc_queue_depth{",
+        "smallwebrtc_event_loop_lag_ms",
+        "smallwebrtc_worker_event_loop_lag_ms{",
+    ):
+        assert name in text, name
+
+
+@pytest.fixture(scope="module")
+def guarded_host():
+    tokens = {"SMALLWEBRTC_HOST_API_TOKEN": "api-secret", "SMALLWEBRTC_HOST_ADMIN_TOKEN": "admin-secret"}
+    with HostProcess(1, env=tokens) as running:
+        yield running
+
+
+async def test_the_api_token_guards_session_routes(guarded_host):
+    url = guarded_host.base_url
+    status, body = await request("POST", f"{url}/start", json={})
+    assert status == 401 and "Bearer" in body["detail"]
+    status, _ = await request("POST", f"{url}/start", json={}, headers={"Authorization": "Bearer wrong"})
+    assert status == 401
+    status, body = await request("POST", f"{url}/start", json={}, headers={"Authorization": "Bearer api-secret"})
+    assert status == 200 and body["sessionId"]
+    status, _ = await request("POST", f"{url}/api/offer", json={"sdp": "v=0", "type": "offer"})
+    assert status == 401
+    assert (await request("GET", f"{url}/status"))[0] == 200
+
+
+async def test_admin_drain(guarded_host):
+    url = guarded_host.base_url
+    assert (await request("POST", f"{url}/admin/drain", headers={"Authorization": "Bearer api-secret"}))[0] == 401
+    status, body = await request("POST", f"{url}/admin/drain", headers={"Authorization": "Bearer admin-secret"})
+    assert status == 200 and body["draining"] is True
+    # With no session left, the drained host exits by itself, cleanly.
+    assert guarded_host.process.wait(10) == 0
+
+
+async def test_a_full_host_refuses_with_503_and_keeps_its_sessions():
+    with HostProcess(1, env={"SMALLWEBRTC_HOST_WORKER_CAPACITY": "1"}) as host:
+        async with TestPeer(host.base_url) as admitted:
+            await admitted.connect()
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{host.base_url}/api/offer", json={"sdp": admitted.pc.localDescription.sdp, "type": "offer"}) as r:
+                    assert r.status == 503
+                    assert r.headers["Retry-After"]
+                    assert "capacity" in (await r.json())["detail"]
+            assert (await request("GET", f"{host.base_url}/readyz"))[0] == 503
+            await admitted.wait_for_video_frames(10)

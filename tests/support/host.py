@@ -98,17 +98,21 @@ class HostProcess:
         """Everything the host printed so far."""
         return Path(self._log.name).read_text(errors="replace")
 
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM the host and wait; SIGKILL its whole process group if it hangs."""
+    def stop(self, drain_s: float = 2.0, timeout: float = 15.0) -> int:
+        """SIGTERM the host (it drains); after ``drain_s`` SIGTERM again (it stops at once); SIGKILL if it hangs."""
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        for signum, wait in ((signal.SIGTERM, drain_s), (signal.SIGTERM, timeout)):
+            if self.process.poll() is not None:
+                break
+            self.process.send_signal(signum)
             try:
-                self.process.wait(timeout)
+                self.process.wait(wait)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                pass
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
         return self.process.returncode
 
     def __enter__(self) -> "HostProcess":

@@ -1,0 +1,117 @@
+"""The engine's Prometheus metrics (``GET /metrics``).
+
+Counters and histograms are updated where things happen; the gauges (live
+sessions, workers, queue depths, loop lag) are read from the engine at scrape
+time, so nothing has to keep them in step.
+"""
+
+from collections.abc import Callable, Hashable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+# Why a session ended, as the sessions_total counter labels it.
+OUTCOMES = ("peer_left", "peer_lost", "bot_ended", "worker_lost", "connect_timeout", "rejected", "host_stopped")
+AUDIO_SOURCES = ("microphone",)
+
+
+def kind_of(lane: Hashable) -> str:
+    """"audio" or "video", for an outbox lane ``(pc_id, source)``."""
+    source = lane[1] if isinstance(lane, tuple) and len(lane) > 1 else ""
+    return "audio" if source in AUDIO_SOURCES else "video"
+
+
+class HostMetrics:
+    """Every metric the engine exports."""
+
+    def __init__(self, engine):
+        """Initialize the metrics.
+
+        Args:
+            engine: The engine whose live state the gauges read.
+        """
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions_total = Counter("smallwebrtc_sessions_total", "Sessions ended, by outcome.", ["outcome"], registry=r)
+        self.sessions_started = Counter("smallwebrtc_sessions_started_total", "Sessions placed on a worker.", registry=r)
+        self.sessions_moved = Counter("smallwebrtc_sessions_moved_total", "Sessions moved off a lost worker.", registry=r)
+        self.offers_refused = Counter("smallwebrtc_offers_refused_total", "Offers refused, by HTTP status.", ["status"], registry=r)
+        self.frames = Counter(
+            "smallwebrtc_frames_total",
+            "Media frames: 'in' from peers forwarded to workers, 'out' from bots to peers.",
+            ["kind", "direction"],
+            registry=r,
+        )
+        self.frames_dropped = Counter(
+            "smallwebrtc_frames_dropped_total",
+            "Media frames dropped by a bounded queue, by kind and queue.",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.session_setup = Histogram(
+            "smallwebrtc_session_setup_seconds",
+            "From a new offer to its answer.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.first_media = Histogram(
+            "smallwebrtc_time_to_first_media_seconds",
+            "From a session's answer to the first bot media handed to the peer's tracks.",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30),
+            registry=r,
+        )
+        r.register(_LiveState(engine))
+        # Bound once: these are counted per frame.
+        self.audio_in = self.frames.labels("audio", "in")
+        self.video_in = self.frames.labels("video", "in")
+        self.audio_out = self.frames.labels("audio", "out")
+        self.video_out = self.frames.labels("video", "out")
+
+    def count_drop(self, reason: str) -> Callable[[Hashable], None]:
+        """A callback that counts a mailbox's dropped items under ``reason``."""
+
+        def dropped(lane: Hashable) -> None:
+            self.frames_dropped.labels(kind_of(lane), reason).inc()
+
+        return dropped
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
+
+
+class _LiveState:
+    """Gauges read from the engine at scrape time."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def collect(self):
+        engine = self._engine
+        yield GaugeMetricFamily("smallwebrtc_sessions_active", "Sessions not ended.", value=engine.live_peer_count())
+        yield GaugeMetricFamily("smallwebrtc_draining", "1 while the host drains.", value=int(engine.draining))
+        yield GaugeMetricFamily(
+            "smallwebrtc_event_loop_lag_ms", "How late the engine's event loop wakes (last second).", value=engine.loop_lag_ms
+        )
+        workers = list(engine.registry or [])
+        yield GaugeMetricFamily("smallwebrtc_workers_live", "Workers taking part.", value=len(workers))
+        families = {
+            "sessions": GaugeMetricFamily("smallwebrtc_worker_sessions", "Sessions placed on a worker.", labels=["worker_id"]),
+            "capacity": GaugeMetricFamily("smallwebrtc_worker_capacity", "Sessions a worker takes.", labels=["worker_id"]),
+            "lag": GaugeMetricFamily(
+                "smallwebrtc_worker_event_loop_lag_ms", "How late a worker's event loop wakes.", labels=["worker_id"]
+            ),
+            "queue": GaugeMetricFamily(
+                "smallwebrtc_ipc_queue_depth", "Messages waiting in the engine's outbox to a worker.", labels=["worker_id"]
+            ),
+            "worker_dropped": GaugeMetricFamily(
+                "smallwebrtc_worker_frames_dropped", "Frames a worker's bots read too late, as it last reported.", labels=["worker_id"]
+            ),
+        }
+        for w in workers:
+            families["sessions"].add_metric([w.worker_id], len(w.sessions))
+            families["capacity"].add_metric([w.worker_id], w.capacity)
+            families["lag"].add_metric([w.worker_id], w.loop_lag_ms)
+            families["queue"].add_metric([w.worker_id], len(w.outbox.mailbox))
+            families["worker_dropped"].add_metric([w.worker_id], w.frames_dropped)
+        yield from families.values()

@@ -1,0 +1,77 @@
+"""``smallwebrtc-host``: draining on SIGTERM, stopping at once on the second, invalid settings."""
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import aiohttp
+
+from tests.support.client import TestPeer
+from tests.support.host import REPO, HostProcess
+
+
+async def offer_status(url: str, sdp: str) -> int:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/api/offer", json={"sdp": sdp, "type": "offer"}) as r:
+            return r.status
+
+
+async def test_sigterm_drains_then_exits_when_the_last_session_ends():
+    host = HostProcess(1).start()
+    try:
+        async with TestPeer(host.base_url) as peer:
+            await peer.connect()
+            host.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            assert host.process.poll() is None
+            assert await offer_status(host.base_url, peer.pc.localDescription.sdp) == 503
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{host.base_url}/readyz") as r:
+                    assert r.status == 503 and (await r.json())["reason"] == "draining"
+            # The running session is not disturbed.
+            await peer.wait_for_video_frames(10)
+        assert host.process.wait(15) == 0
+        assert "draining" in host.log()
+    finally:
+        host.stop()
+
+
+async def test_the_drain_timeout_ends_the_last_sessions():
+    host = HostProcess(1, env={"SMALLWEBRTC_HOST_DRAIN_TIMEOUT_S": "1"}).start()
+    try:
+        async with TestPeer(host.base_url) as peer:
+            await peer.connect()
+            host.process.send_signal(signal.SIGTERM)
+            await peer.wait_for_signalling("peerLeft", timeout=10)
+        assert host.process.wait(15) == 0
+    finally:
+        host.stop()
+
+
+async def test_a_second_sigterm_stops_at_once():
+    host = HostProcess(1).start()
+    try:
+        async with TestPeer(host.base_url) as peer:
+            await peer.connect()
+            host.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            host.process.send_signal(signal.SIGTERM)
+            await peer.wait_for_signalling("peerLeft", timeout=10)
+        assert host.process.wait(15) == 0
+    finally:
+        host.stop()
+
+
+def test_an_invalid_setting_stops_startup_naming_it():
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--port", "99999"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "port" in result.stderr and "invalid configuration" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--ice-host-addresses", "203.0.113.9", "--workers", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0 and "ice_host_addresses" in result.stderr
