@@ -3,11 +3,13 @@
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 
 import uvicorn
 import uvloop
+import zmq.auth
 from loguru import logger
 from pydantic import ValidationError
 
@@ -81,6 +83,14 @@ def _settings_from(args: argparse.Namespace, **flags) -> HostSettings:
         sys.exit(f"smallwebrtc-host: invalid configuration: {e}")
 
 
+def make_keys(directory: str, name: str) -> tuple[str, str]:
+    """Write a CurveZMQ key pair; returns the public and secret key files."""
+    os.makedirs(directory, exist_ok=True)
+    public_file, secret_file = zmq.auth.create_certificates(directory, name)
+    os.chmod(secret_file, 0o600)
+    return public_file, secret_file
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the chosen command."""
     parser = argparse.ArgumentParser(prog="smallwebrtc-host", description=__doc__)
@@ -89,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd = commands.add_parser("serve", help="run the engine, its HTTP API and local workers")
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
-    serve_cmd.add_argument("--workers", type=int, help="local workers (0: one per core)")
+    serve_cmd.add_argument("--workers", type=int, help="local workers (-1: one per core, 0: none)")
     serve_cmd.add_argument("--bot", help="the bot, as package.module:function")
     serve_cmd.add_argument("--config", help="a TOML configuration file (default: config/host.toml)")
     serve_cmd.add_argument("--ice-host-addresses", help="comma-separated addresses to gather host candidates on")
@@ -104,7 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     worker_cmd.add_argument("--bot", help="the bot, as package.module:function")
     worker_cmd.add_argument("--worker-id", help="default: hostname-pid")
     worker_cmd.add_argument("--config", help="a TOML configuration file (default: config/host.toml)")
+    worker_cmd.add_argument("--curve-secret-key", help="this worker's secret key file (NAME.key_secret)")
+    worker_cmd.add_argument("--curve-server-key", help="the engine's public key file (NAME.key)")
     worker_cmd.add_argument("--log-level")
+
+    keys_cmd = commands.add_parser("keys", help="make a CurveZMQ key pair for the engine or a worker")
+    keys_cmd.add_argument("--dir", required=True, help="where to write NAME.key (public) and NAME.key_secret")
+    keys_cmd.add_argument("--name", required=True, help="e.g. engine, or the worker's name")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -119,12 +135,21 @@ def main(argv: list[str] | None = None) -> None:
             uvloop.run(serve(settings, args.config))
         except ValueError as e:
             sys.exit(f"smallwebrtc-host: invalid configuration: {e}")
+    elif args.command == "keys":
+        public_file, secret_file = make_keys(args.dir, args.name)
+        print(f"public key: {public_file}\nsecret key: {secret_file} (keep it on this machine only)")
     else:
         from workers.worker import run_worker
 
-        settings = _settings_from(args, bot=args.bot, log_level=args.log_level)
+        settings = _settings_from(
+            args, bot=args.bot, log_level=args.log_level,
+            curve_secret_key_file=args.curve_secret_key, curve_server_key_file=args.curve_server_key,
+        )
         configure_logging(settings)
-        uvloop.run(run_worker(settings, args.engine, args.worker_id))
+        try:
+            uvloop.run(run_worker(settings, args.engine, args.worker_id))
+        except ValueError as e:
+            sys.exit(f"smallwebrtc-host worker: {e}")
 
 
 if __name__ == "__main__":

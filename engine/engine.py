@@ -14,6 +14,8 @@ import msgspec
 import zmq
 import zmq.asyncio
 from loguru import logger
+from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 from pipecat.runner.utils import smallwebrtc_sdp_munging
 
 import aiortc.rtcsctptransport
@@ -70,6 +72,7 @@ class Engine:
         self.registry: WorkerRegistry | None = None
         self._tasks: list[asyncio.Task] = []
         self._local_workers: dict[str, Any] = {}
+        self._authenticator: AsyncioAuthenticator | None = None
         self.metrics = HostMetrics(self)
         self.loop_lag_ms = 0.0
         self.draining = False
@@ -85,13 +88,39 @@ class Engine:
         if not self.endpoint:
             self._runtime_dir = tempfile.mkdtemp(prefix="smallwebrtc-host-")
             self.endpoint = f"ipc://{self._runtime_dir}/engine.sock"
-        self._router = bind_router(self._context, self.endpoint)
+        if self.settings.curve_secret_key_file:
+            self._start_authenticator()
+        self._router = bind_router(self._context, self.endpoint, self.settings.curve_secret_key_file)
         self.registry = WorkerRegistry(self._router, self.metrics.count_drop("engine_outbox"))
         self._tasks = [
             asyncio.create_task(self._receive(), name="engine-receive"),
             asyncio.create_task(self._supervise(), name="engine-supervise"),
         ]
+        if self._authenticator is not None:
+            self._tasks.append(asyncio.create_task(self._log_refusals(), name="engine-refusals"))
         self.log.info(f"engine {self.engine_id} listening for workers on {self.endpoint}")
+
+    def _start_authenticator(self) -> None:
+        """Let only workers whose public key is in curve_authorized_keys_dir connect."""
+        keys_dir = self.settings.curve_authorized_keys_dir
+        if not os.path.isdir(keys_dir):
+            raise ValueError(f"curve_authorized_keys_dir: {keys_dir!r} is not a directory")
+        self._authenticator = AsyncioAuthenticator(self._context)
+        self._authenticator.start()
+        self._authenticator.configure_curve(domain="*", location=keys_dir)
+
+    async def _log_refusals(self) -> None:
+        monitor = self._router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        try:
+            while True:
+                event = await recv_monitor_message(monitor)
+                self.log.error(
+                    f"refused a worker connection on {event['endpoint'].decode(errors='replace')}: "
+                    "its key is not in curve_authorized_keys_dir (or it does not speak CurveZMQ)"
+                )
+        finally:
+            self._router.disable_monitor()
+            monitor.close(linger=0)
 
     def watch_local_worker(self, worker_id: str, process) -> None:
         """Declare a worker dead as soon as its local process exits, not only when its heartbeats stop."""
@@ -115,6 +144,8 @@ class Engine:
             self.registry.remove(handle, "engine stopped")
         if self._router is not None:
             self._router.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._context.term()
         if self._runtime_dir:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)

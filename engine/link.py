@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Hashable
 
 import zmq
 import zmq.asyncio
+import zmq.auth
 from loguru import logger
 
 from engine.mailbox import Mailbox, MailboxOverflow
@@ -75,13 +76,18 @@ class Outbox:
             await send(await self.mailbox.get())
 
 
-def bind_router(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+def bind_router(context: zmq.asyncio.Context, endpoint: str, curve_secret_key_file: str = "") -> zmq.asyncio.Socket:
     """The engine's socket, bound to ``endpoint``.
 
     It reports a full or vanished worker pipe instead of silently dropping, so
-    the sender can retry (full) or give up (gone).
+    the sender can retry (full) or give up (gone). With a CurveZMQ key it is a
+    Curve server: the link is encrypted, and the context's authenticator
+    decides which worker keys may connect.
     """
     socket = context.socket(zmq.ROUTER)
+    if curve_secret_key_file:
+        socket.curve_publickey, socket.curve_secretkey = zmq.auth.load_certificate(curve_secret_key_file)
+        socket.curve_server = True
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
     socket.setsockopt(zmq.SNDHWM, PIPE_HWM)
@@ -91,9 +97,18 @@ def bind_router(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Sock
     return socket
 
 
-def connect_dealer(context: zmq.asyncio.Context, endpoint: str, identity: str) -> zmq.asyncio.Socket:
-    """A worker's socket, connected to the engine at ``endpoint``."""
+def connect_dealer(
+    context: zmq.asyncio.Context,
+    endpoint: str,
+    identity: str,
+    curve_secret_key_file: str = "",
+    curve_server_key_file: str = "",
+) -> zmq.asyncio.Socket:
+    """A worker's socket, connected to the engine at ``endpoint`` (with its CurveZMQ keys, if given)."""
     socket = context.socket(zmq.DEALER)
+    if curve_secret_key_file:
+        socket.curve_publickey, socket.curve_secretkey = zmq.auth.load_certificate(curve_secret_key_file)
+        socket.curve_serverkey, _ = zmq.auth.load_certificate(curve_server_key_file)
     socket.setsockopt(zmq.IDENTITY, identity.encode())
     socket.setsockopt(zmq.SNDHWM, PIPE_HWM)
     socket.setsockopt(zmq.RCVHWM, PIPE_HWM)

@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from enum import Enum
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,10 +40,13 @@ class HostSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=0, le=65535)
-    workers: int = Field(0, ge=0)
+    workers: int = Field(-1, ge=-1)
     worker_capacity: int = Field(4, ge=1)
     bot: str = "workers.demo_bot:bot"
     engine_endpoint: str = ""
+    curve_secret_key_file: str = ""
+    curve_server_key_file: str = ""
+    curve_authorized_keys_dir: str = ""
     ice_servers: list[IceServer] = []
     ice_host_addresses: list[str] = []
     sctp_max_chunk_size: int = Field(
@@ -81,10 +84,22 @@ class HostSettings(BaseSettings):
             return [a.strip() for a in value.split(",") if a.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _tcp_needs_curve(self) -> "HostSettings":
+        if self.engine_endpoint.startswith("tcp://") and not (
+            self.curve_secret_key_file and self.curve_authorized_keys_dir
+        ):
+            raise ValueError(
+                "engine_endpoint: a tcp:// endpoint needs curve_secret_key_file and "
+                "curve_authorized_keys_dir, so only workers with an accepted key can join "
+                "(make keys with 'smallwebrtc-host keys')"
+            )
+        return self
+
     @property
     def worker_count(self) -> int:
-        """Local workers to start: the setting, or one per core."""
-        return self.workers or os.cpu_count() or 1
+        """Local workers to start: the setting, or one per core for -1."""
+        return self.workers if self.workers >= 0 else os.cpu_count() or 1
 
     @classmethod
     def settings_customise_sources(

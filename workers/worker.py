@@ -56,6 +56,11 @@ class Worker:
             endpoint: The engine's endpoint.
             worker_id: This worker's id (its socket identity).
         """
+        if endpoint.startswith("tcp://") and not (settings.curve_secret_key_file and settings.curve_server_key_file):
+            raise ValueError(
+                "a worker joining over tcp:// needs curve_secret_key_file (its own key) and "
+                "curve_server_key_file (the engine's public key)"
+            )
         self.settings = settings
         self.endpoint = endpoint
         self.worker_id = worker_id
@@ -73,7 +78,10 @@ class Worker:
     async def run(self) -> None:
         """Serve the engine until told to stop, signalled, or the engine goes silent."""
         context = zmq.asyncio.Context()
-        dealer = connect_dealer(context, self.endpoint, self.worker_id)
+        dealer = connect_dealer(
+            context, self.endpoint, self.worker_id,
+            self.settings.curve_secret_key_file, self.settings.curve_server_key_file,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
