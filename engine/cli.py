@@ -14,6 +14,7 @@ from loguru import logger
 from pydantic import ValidationError
 
 from engine.engine import Engine
+from engine.ice import PortRangeLoop, parse_port_range
 from engine.settings import HostSettings, load_settings
 from engine.signaling import create_app
 from engine.supervisor import LocalWorkers
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--config", help="a TOML configuration file (default: config/host.toml)")
     serve_cmd.add_argument("--ice-host-addresses", help="comma-separated addresses to gather host candidates on")
     serve_cmd.add_argument("--ice-servers", help="comma-separated STUN/TURN URLs")
+    serve_cmd.add_argument("--ice-announced-address", help="public address of a 1:1 NAT, announced in candidates")
+    serve_cmd.add_argument("--ice-udp-port-range", help="UDP ports for ICE, e.g. 40000-40999")
     serve_cmd.add_argument("--engine-endpoint", help="where workers reach the engine (default: private ipc socket)")
     serve_cmd.add_argument("--connection-mode", choices=["single", "multiple"], help="one peer at a time, or many")
     serve_cmd.add_argument("--esp32", action="store_true", default=None, help="munge answers for ESP32 clients")
@@ -129,10 +132,12 @@ def main(argv: list[str] | None = None) -> None:
             ice_host_addresses=args.ice_host_addresses, ice_servers=args.ice_servers,
             engine_endpoint=args.engine_endpoint, log_level=args.log_level,
             connection_mode=args.connection_mode, esp32=args.esp32,
+            ice_announced_address=args.ice_announced_address, ice_udp_port_range=args.ice_udp_port_range,
         )
         configure_logging(settings)
+        PortRangeLoop.port_range = parse_port_range(settings.ice_udp_port_range)
         try:
-            uvloop.run(serve(settings, args.config))
+            uvloop.run(serve(settings, args.config), loop_factory=PortRangeLoop)
         except ValueError as e:
             sys.exit(f"smallwebrtc-host: invalid configuration: {e}")
     elif args.command == "keys":

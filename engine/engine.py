@@ -19,7 +19,7 @@ from zmq.utils.monitor import recv_monitor_message
 from pipecat.runner.utils import smallwebrtc_sdp_munging
 
 import aiortc.rtcsctptransport
-from engine.ice import restrict_host_addresses
+from engine.ice import announce_address, restrict_host_addresses
 from engine.link import bind_router
 from engine.metrics import HostMetrics
 from engine.peer import PeerActor, SignalingError
@@ -152,11 +152,15 @@ class Engine:
 
     # ---- signaling entry points ----
 
-    @property
-    def _esp32_host(self) -> str | None:
-        # Pipecat's runner keeps only the candidates of the host it serves on.
-        host = self.settings.host
-        return None if host in ("0.0.0.0", "::") else host
+    def _rewrite(self, answer: dict) -> dict:
+        """The answer as the client must see it: behind a NAT, for an ESP32."""
+        if self.settings.ice_announced_address:
+            answer["sdp"] = announce_address(answer["sdp"], self.settings.ice_announced_address)
+        if self.settings.esp32:
+            # Pipecat's runner keeps only the candidates of the host it serves on.
+            host = self.settings.host
+            answer["sdp"] = smallwebrtc_sdp_munging(answer["sdp"], None if host in ("0.0.0.0", "::") else host)
+        return answer
 
     def readiness(self) -> str | None:
         """Why the host takes no new session now, or None when it does."""
@@ -213,9 +217,7 @@ class Engine:
                 answer = await peer.offer(sdp, type, restart_pc)
             except SignalingError as e:
                 raise OfferRejected(400, str(e)) from e
-            if self.settings.esp32:
-                answer["sdp"] = smallwebrtc_sdp_munging(answer["sdp"], self._esp32_host)
-            return answer
+            return self._rewrite(answer)
 
         if self.draining:
             raise OfferRejected(503, "the host is draining: it takes no new sessions", retry_after=30)
@@ -237,8 +239,7 @@ class Engine:
         except SignalingError as e:
             peer.close(f"rejected offer: {e}", "rejected", tell_worker=False)
             raise OfferRejected(400, str(e)) from e
-        if self.settings.esp32:
-            answer["sdp"] = smallwebrtc_sdp_munging(answer["sdp"], self._esp32_host)
+        answer = self._rewrite(answer)
         worker.outbox.send(opening)
         self.metrics.sessions_started.inc()
         self.metrics.session_setup.observe(time.monotonic() - started)

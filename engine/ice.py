@@ -5,11 +5,15 @@ and aioice never gathers 127.0.0.1 as a host candidate. A host behind NAT, a
 container, or a test confined to loopback needs control over both.
 """
 
+import errno
 import ipaddress
+import itertools
+import re
 from collections.abc import Sequence
 
 import aioice.ice
 import ifaddr
+import uvloop
 from aiortc import RTCIceServer
 from pydantic import BaseModel
 
@@ -86,3 +90,64 @@ def restrict_host_addresses(allowed: Sequence[str]) -> None:
 
 
 _aioice_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def parse_port_range(text: str) -> tuple[int, int] | None:
+    """``"40000-40999"`` as (40000, 40999); an empty string as None.
+
+    Raises:
+        ValueError: If the text is not such a range of valid ports.
+    """
+    if not text:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    if not match or not 1024 <= int(match[1]) <= int(match[2]) <= 65535:
+        raise ValueError(f"ice_udp_port_range: {text!r} is not a range like 40000-40999 within 1024-65535")
+    return int(match[1]), int(match[2])
+
+
+class PortRangeLoop(uvloop.Loop):
+    """An event loop whose UDP sockets that ask for any port take one from a fixed range.
+
+    aioice binds its ICE sockets to port 0 and has no option for a range, so
+    the engine runs on this loop when ``ice_udp_port_range`` is set: a
+    firewall or container then needs only that range open.
+    """
+
+    port_range: tuple[int, int] | None = None
+    _next_port = None
+
+    async def create_datagram_endpoint(self, protocol_factory, local_addr=None, remote_addr=None, **kwargs):
+        """Bind as asked, but within the range when the asked-for port is 0.
+
+        Raises:
+            OSError: EADDRINUSE when every port of the range is taken.
+        """
+        if self.port_range is None or local_addr is None or local_addr[1] != 0:
+            return await super().create_datagram_endpoint(
+                protocol_factory, local_addr=local_addr, remote_addr=remote_addr, **kwargs
+            )
+        first, last = self.port_range
+        if self._next_port is None:
+            self._next_port = itertools.cycle(range(first, last + 1))
+        # Start after the last port handed out, so a freed port is not reused at once.
+        for _ in range(last - first + 1):
+            port = next(self._next_port)
+            try:
+                return await super().create_datagram_endpoint(
+                    protocol_factory, local_addr=(local_addr[0], port), remote_addr=remote_addr, **kwargs
+                )
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+        raise OSError(errno.EADDRINUSE, f"every UDP port of ice_udp_port_range {first}-{last} is in use")
+
+
+def announce_address(sdp: str, address: str) -> str:
+    """The SDP with its host candidates announcing ``address`` (a NAT's 1:1 public address)."""
+    return re.sub(
+        r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host)",
+        lambda m: f"{m[1]}{address}{m[3]}",
+        sdp,
+        flags=re.MULTILINE,
+    )

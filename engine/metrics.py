@@ -99,8 +99,9 @@ class _LiveState:
             "sessions": GaugeMetricFamily("smallwebrtc_worker_sessions", "Sessions placed on a worker.", labels=["worker_id"]),
             "capacity": GaugeMetricFamily("smallwebrtc_worker_capacity", "Sessions a worker takes.", labels=["worker_id"]),
             "lag": GaugeMetricFamily(
-                "smallwebrtc_worker_event_loop_lag_ms", "How late a worker's event loop wakes.", labels=["worker_id"]
+                "smallwebrtc_worker_event_loop_lag_ms", "A worker's event-loop lag, p99 over 5 s.", labels=["worker_id"]
             ),
+            "cpu": GaugeMetricFamily("smallwebrtc_worker_cpu_share", "Cores a worker used in the last second.", labels=["worker_id"]),
             "queue": GaugeMetricFamily(
                 "smallwebrtc_ipc_queue_depth", "Messages waiting in the engine's outbox to a worker.", labels=["worker_id"]
             ),
@@ -112,6 +113,7 @@ class _LiveState:
             families["sessions"].add_metric([w.worker_id], len(w.sessions))
             families["capacity"].add_metric([w.worker_id], w.capacity)
             families["lag"].add_metric([w.worker_id], w.loop_lag_ms)
+            families["cpu"].add_metric([w.worker_id], w.cpu_share)
             families["queue"].add_metric([w.worker_id], len(w.outbox.mailbox))
             families["worker_dropped"].add_metric([w.worker_id], w.frames_dropped)
         yield from families.values()

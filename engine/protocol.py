@@ -36,6 +36,7 @@ class WorkerHeartbeat(msgspec.Struct, tag=True, frozen=True):
 
     sessions: int
     loop_lag_ms: float
+    cpu_share: float = 0.0
     frames_dropped: int = 0
     draining: bool = False
 

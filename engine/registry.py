@@ -27,6 +27,7 @@ class WorkerHandle:
     outbox: Outbox
     last_seen: float = field(default_factory=time.monotonic)
     loop_lag_ms: float = 0.0
+    cpu_share: float = 0.0
     reported_sessions: int = 0
     frames_dropped: int = 0
     draining: bool = False
@@ -49,6 +50,7 @@ class WorkerHandle:
         self.last_seen = time.monotonic()
         if heartbeat is not None:
             self.loop_lag_ms = heartbeat.loop_lag_ms
+            self.cpu_share = heartbeat.cpu_share
             self.reported_sessions = heartbeat.sessions
             self.frames_dropped = heartbeat.frames_dropped
             self.draining = heartbeat.draining
@@ -63,6 +65,7 @@ class WorkerHandle:
             "sessions": sorted(self.sessions),
             "reported_sessions": self.reported_sessions,
             "loop_lag_ms": round(self.loop_lag_ms, 2),
+            "cpu_share": round(self.cpu_share, 3),
             "frames_dropped": self.frames_dropped,
             "draining": self.draining,
         }
@@ -116,8 +119,12 @@ class WorkerRegistry:
             handle.pump_task.cancel()
 
     def place(self) -> WorkerHandle | None:
-        """The live worker with room that has the fewest sessions, or None."""
+        """The least-loaded live worker with room, or None.
+
+        Load is the share of its capacity in use plus the cores it burns (a
+        worker whose bots are heavy counts as fuller), its loop lag breaking ties.
+        """
         candidates = [w for w in self._workers.values() if w.has_room]
         if not candidates:
             return None
-        return min(candidates, key=lambda w: (len(w.sessions) / w.capacity, w.loop_lag_ms))
+        return min(candidates, key=lambda w: (len(w.sessions) / w.capacity + w.cpu_share, w.loop_lag_ms))

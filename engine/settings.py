@@ -6,6 +6,7 @@ the option names in upper case with the prefix ``SMALLWEBRTC_HOST_`` (lists as
 JSON, e.g. ``SMALLWEBRTC_HOST_ICE_HOST_ADDRESSES='["127.0.0.1"]'``).
 """
 
+import ipaddress
 import os
 from contextvars import ContextVar
 from enum import Enum
@@ -19,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from engine.ice import IceServer
+from engine.ice import IceServer, parse_port_range
 
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "host.toml"
 # The file load_settings() was asked to read, for the settings being built now.
@@ -49,6 +50,8 @@ class HostSettings(BaseSettings):
     curve_authorized_keys_dir: str = ""
     ice_servers: list[IceServer] = []
     ice_host_addresses: list[str] = []
+    ice_announced_address: str = ""
+    ice_udp_port_range: str = ""
     sctp_max_chunk_size: int = Field(
         default_factory=lambda: int(os.environ.get("PIPECAT_SCTP_MAX_CHUNK_SIZE", 1100)), ge=256, le=1200
     )
@@ -82,6 +85,22 @@ class HostSettings(BaseSettings):
     def _comma_list(cls, value):
         if isinstance(value, str):
             return [a.strip() for a in value.split(",") if a.strip()]
+        return value
+
+    @field_validator("ice_udp_port_range")
+    @classmethod
+    def _valid_port_range(cls, value: str) -> str:
+        parse_port_range(value)
+        return value
+
+    @field_validator("ice_announced_address")
+    @classmethod
+    def _valid_announced_address(cls, value: str) -> str:
+        if value:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError as e:
+                raise ValueError(f"ice_announced_address: {value!r} is not an IP address") from e
         return value
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 
 import msgspec
 import zmq
@@ -28,6 +29,10 @@ from workers.session import Bot, Session
 
 # A stopping worker gives the engine this long to receive its last messages.
 FINAL_FLUSH_S = 0.3
+# The event loop's lateness is sampled this often; the heartbeat reports the
+# 99th percentile of the last LAG_SAMPLES samples (5 s).
+LAG_SAMPLE_S = 0.05
+LAG_SAMPLES = 100
 
 
 def load_bot(spec: str) -> Bot:
@@ -69,7 +74,8 @@ class Worker:
         self.sessions: dict[str, Session] = {}
         self._session_tasks: set[asyncio.Task] = set()
         self._last_heard = time.monotonic()
-        self._loop_lag_ms = 0.0
+        self._loop_lags: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self._cpu_share = 0.0
         self._stopping = asyncio.Event()
         self._draining = False
         self._frames_dropped_ended = 0
@@ -118,7 +124,9 @@ class Worker:
 
     def _heartbeat_message(self) -> WorkerHeartbeat:
         dropped = self._frames_dropped_ended + sum(s.connection.frames_dropped for s in self.sessions.values())
-        return WorkerHeartbeat(len(self.sessions), self._loop_lag_ms, dropped, self._draining)
+        lags = sorted(self._loop_lags) or [0.0]
+        lag_p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+        return WorkerHeartbeat(len(self.sessions), lag_p99, self._cpu_share, dropped, self._draining)
 
     async def _receive(self, dealer: zmq.asyncio.Socket) -> None:
         while True:
@@ -171,18 +179,31 @@ class Worker:
         task.add_done_callback(ended)
         session.log.info(f"session {opening.session_id} started on worker {self.worker_id}")
 
+    async def _measure_lag(self) -> None:
+        # How late the loop wakes up: what every session on this worker suffers too.
+        while True:
+            expected = time.monotonic() + LAG_SAMPLE_S
+            await asyncio.sleep(LAG_SAMPLE_S)
+            self._loop_lags.append(max(0.0, (time.monotonic() - expected) * 1000))
+
     async def _heartbeat(self) -> None:
         interval = self.settings.heartbeat_interval_s
-        while True:
-            expected = time.monotonic() + interval
-            await asyncio.sleep(interval)
-            # How late the loop woke up: what every session on this worker suffers too.
-            self._loop_lag_ms = max(0.0, (time.monotonic() - expected) * 1000)
-            self.outbox.send(self._heartbeat_message())
-            silent = time.monotonic() - self._last_heard
-            if silent > self.settings.engine_silent_after_s:
-                self.log.error(f"worker {self.worker_id}: engine silent for {silent:.0f} s; leaving")
-                self._stopping.set()
+        lag_task = asyncio.create_task(self._measure_lag())
+        wall, cpu = time.monotonic(), time.process_time()
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                # Cores this process used since the last beat, its threads included.
+                now_wall, now_cpu = time.monotonic(), time.process_time()
+                self._cpu_share = (now_cpu - cpu) / max(now_wall - wall, 1e-3)
+                wall, cpu = now_wall, now_cpu
+                self.outbox.send(self._heartbeat_message())
+                silent = time.monotonic() - self._last_heard
+                if silent > self.settings.engine_silent_after_s:
+                    self.log.error(f"worker {self.worker_id}: engine silent for {silent:.0f} s; leaving")
+                    self._stopping.set()
+        finally:
+            lag_task.cancel()
 
 
 async def run_worker(settings: HostSettings, endpoint: str, worker_id: str | None = None) -> None:

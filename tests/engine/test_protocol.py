@@ -8,7 +8,7 @@ from engine import protocol
 EXAMPLES = [
     protocol.WorkerRegister("w1", 42, "host", 4),
     protocol.WorkerAccept("e1"),
-    protocol.WorkerHeartbeat(2, 0.5),
+    protocol.WorkerHeartbeat(2, 0.5, 0.25, 3, True),
     protocol.EngineHeartbeat(),
     protocol.WorkerStop("bye"),
     protocol.SessionOpen("pc", "run", {"video_width": 320}),
