@@ -18,8 +18,7 @@ async def offer_status(url: str, sdp: str) -> int:
 
 
 async def test_sigterm_drains_then_exits_when_the_last_session_ends():
-    host = HostProcess(1).start()
-    try:
+    with HostProcess(1) as host:
         async with TestPeer(host.base_url) as peer:
             await peer.connect()
             host.process.send_signal(signal.SIGTERM)
@@ -33,25 +32,19 @@ async def test_sigterm_drains_then_exits_when_the_last_session_ends():
             await peer.wait_for_video_frames(10)
         assert host.process.wait(15) == 0
         assert "draining" in host.log()
-    finally:
-        host.stop()
 
 
 async def test_the_drain_timeout_ends_the_last_sessions():
-    host = HostProcess(1, env={"SMALLWEBRTC_HOST_DRAIN_TIMEOUT_S": "1"}).start()
-    try:
+    with HostProcess(1, env={"SMALLWEBRTC_HOST_DRAIN_TIMEOUT_S": "1"}) as host:
         async with TestPeer(host.base_url) as peer:
             await peer.connect()
             host.process.send_signal(signal.SIGTERM)
             await peer.wait_for_signalling("peerLeft", timeout=10)
         assert host.process.wait(15) == 0
-    finally:
-        host.stop()
 
 
 async def test_a_second_sigterm_stops_at_once():
-    host = HostProcess(1).start()
-    try:
+    with HostProcess(1) as host:
         async with TestPeer(host.base_url) as peer:
             await peer.connect()
             host.process.send_signal(signal.SIGTERM)
@@ -59,8 +52,6 @@ async def test_a_second_sigterm_stops_at_once():
             host.process.send_signal(signal.SIGTERM)
             await peer.wait_for_signalling("peerLeft", timeout=10)
         assert host.process.wait(15) == 0
-    finally:
-        host.stop()
 
 
 def test_an_invalid_setting_stops_startup_naming_it():

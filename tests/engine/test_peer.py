@@ -132,18 +132,25 @@ async def test_a_client_without_data_channel_works(host):
     assert "no data channel 1 s after connecting" in host.log()
 
 
-async def test_a_peer_that_never_connects_is_closed(host):
+async def offer_only(base_url: str) -> dict:
+    """POST an offer from a peer that never applies the answer; returns the answer."""
     restrict_host_addresses(["127.0.0.1"])
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver("audio")
     await pc.setLocalDescription(await pc.createOffer())
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{host.base_url}/api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
-            pc_id = (await r.json())["pc_id"]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base_url}/api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
+                return await r.json()
+    finally:
+        await pc.close()
+
+
+async def test_a_peer_that_never_connects_is_closed(host):
+    pc_id = (await offer_only(host.base_url))["pc_id"]
     # The answer is never applied: the engine's side stays "connecting" until its 2 s timeout.
     host.wait_for(lambda workers: all(pc_id not in w["sessions"] for w in workers), timeout=10)
     assert f"peer {pc_id}: session ends (no connection within the connecting timeout)" in host.log()
-    await pc.close()
 
 
 async def test_messages_for_the_peer_wait_for_the_channel_fifty_at_most(host):
@@ -212,13 +219,6 @@ async def test_single_mode_takes_one_peer(single_host):
 async def test_esp32_mode_munges_the_answer(single_host):
     # The single peer of the test before may still be ending.
     single_host.wait_for(lambda workers: not any(w["sessions"] for w in workers), timeout=10)
-    restrict_host_addresses(["127.0.0.1"])
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio")
-    await pc.setLocalDescription(await pc.createOffer())
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{single_host.base_url}/api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
-            answer = await r.json()
-    await pc.close()
+    answer = await offer_only(single_host.base_url)
     assert "a=fingerprint:sha-256" in answer["sdp"]
     assert "sha-384" not in answer["sdp"] and "sha-512" not in answer["sdp"]
