@@ -10,15 +10,16 @@ from collections.abc import Callable, Hashable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from engine.protocol import MIC_AUDIO_SOURCE
+
 # Why a session ended, as the sessions_total counter labels it.
 OUTCOMES = ("peer_left", "peer_lost", "bot_ended", "worker_lost", "connect_timeout", "rejected", "host_stopped")
-AUDIO_SOURCES = ("microphone",)
 
 
 def kind_of(lane: Hashable) -> str:
     """"audio" or "video", for an outbox lane ``(pc_id, source)``."""
     source = lane[1] if isinstance(lane, tuple) and len(lane) > 1 else ""
-    return "audio" if source in AUDIO_SOURCES else "video"
+    return "audio" if source == MIC_AUDIO_SOURCE else "video"
 
 
 class HostMetrics:

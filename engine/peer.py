@@ -25,6 +25,10 @@ from loguru import logger
 from engine.mailbox import Mailbox
 from engine.metrics import HostMetrics
 from engine.protocol import (
+    AUDIO_TRANSCEIVER_INDEX,
+    SCREEN_VIDEO_TRANSCEIVER_INDEX,
+    SOURCE_BY_RECEIVER,
+    VIDEO_TRANSCEIVER_INDEX,
     AppMessageIn,
     AppMessageOut,
     AudioIn,
@@ -47,19 +51,11 @@ from engine.registry import WorkerHandle
 from engine.settings import HostSettings
 from engine.tracks import RawAudioTrack, RawVideoTrack
 
-AUDIO_TRANSCEIVER_INDEX = 0
-VIDEO_TRANSCEIVER_INDEX = 1
-SCREEN_VIDEO_TRANSCEIVER_INDEX = 2
-SOURCES = {
-    AUDIO_TRANSCEIVER_INDEX: "microphone",
-    VIDEO_TRANSCEIVER_INDEX: "camera",
-    SCREEN_VIDEO_TRANSCEIVER_INDEX: "screenVideo",
-}
 # Packets a video receiver's jitter buffer holds, which bounds the frame it can
 # assemble: aiortc's 128 (about 150 KB) for the camera; 512 (about 600 KB,
 # libwebrtc's initial packet buffer) for the screen share, whose detailed
 # keyframes are larger than 128 packets and would never decode (as Pipecat).
-VIDEO_JITTER_BUFFER_CAPACITY = {1: 128, 2: 512}
+VIDEO_JITTER_BUFFER_CAPACITY = {VIDEO_TRANSCEIVER_INDEX: 128, SCREEN_VIDEO_TRANSCEIVER_INDEX: 512}
 SIGNALLING_TYPE = "signalling"
 # Messages for the peer held while its data channel is not open yet.
 MAX_OUTGOING_QUEUE = 50
@@ -174,7 +170,7 @@ class PeerActor:
         self._outgoing: list[str] = []
         self._queueing = True
         self._held_app_messages: deque[str] = deque(maxlen=MAX_HELD_APP_MESSAGES)
-        self._enabled_sources = {index: True for index in SOURCES}
+        self._enabled_sources = {index: True for index in SOURCE_BY_RECEIVER}
         # What the bot captures, by source: None = every frame, 0 = nothing, else at most that fps.
         self._capture: dict[str, float | None] = {}
         self._bot_was_late = False
@@ -350,7 +346,7 @@ class PeerActor:
         for index, transceiver in enumerate(pc.getTransceivers()):
             transceiver.direction = "sendrecv" if index < 2 else "recvonly"
         await pc.setLocalDescription(await pc.createAnswer())
-        for index in SOURCES:
+        for index in SOURCE_BY_RECEIVER:
             self._apply_capture(index)
         self._attach_outputs()
         if self._bot_ready:
@@ -442,7 +438,7 @@ class PeerActor:
             self.log.warning(f"peer {self.pc_id}: ignoring unknown signalling message {message!r}")
             return
         index, enabled = message.get("receiver_index"), message.get("enabled")
-        if index not in SOURCES or not isinstance(enabled, bool):
+        if index not in SOURCE_BY_RECEIVER or not isinstance(enabled, bool):
             self.log.warning(f"peer {self.pc_id}: ignoring malformed trackStatus {message!r}")
             return
         self._enabled_sources[index] = enabled
@@ -577,14 +573,14 @@ class PeerActor:
 
     def _start_readers(self) -> None:
         transceivers = self._pc.getTransceivers()
-        for index in SOURCES:
+        for index in SOURCE_BY_RECEIVER:
             if index < len(transceivers) and index not in self._readers:
                 self._readers[index] = asyncio.create_task(self._read(index, transceivers[index].receiver))
                 self._apply_capture(index)
 
     def _wanted(self, index: int) -> bool:
         """Whether the bot wants this source now (captured, and not muted if it is video)."""
-        source = SOURCES[index]
+        source = SOURCE_BY_RECEIVER[index]
         if self._capture.get(source, 0) == 0:
             return False
         return index == AUDIO_TRANSCEIVER_INDEX or self._enabled_sources[index]
@@ -619,7 +615,7 @@ class PeerActor:
             await receiver._send_rtcp_pli(source.source)
 
     def _set_capture(self, request: MediaCaptureSet) -> None:
-        index = next((i for i, source in SOURCES.items() if source == request.source), None)
+        index = next((i for i, source in SOURCE_BY_RECEIVER.items() if source == request.source), None)
         if index is None:
             self.log.warning(f"peer {self.pc_id}: the bot asked for an unknown source {request.source!r}")
             return
@@ -634,7 +630,7 @@ class PeerActor:
             self._ask_to_renegotiate()
 
     async def _read(self, index: int, receiver) -> None:
-        source = SOURCES[index]
+        source = SOURCE_BY_RECEIVER[index]
         send = self.worker.outbox
         lane = (self.pc_id, source)
         audio_in, video_in = self._metrics.audio_in, self._metrics.video_in
@@ -689,7 +685,7 @@ class PeerActor:
         if self._audio_out is not None:
             # Audio the lost bot queued is not the new bot's to finish.
             self._audio_out.clear()
-        for index in SOURCES:
+        for index in SOURCE_BY_RECEIVER:
             self._apply_capture(index)
         worker.outbox.send(self.opening)
         self.log.info(f"peer {self.pc_id}: session moved from lost worker {lost.worker_id} to {worker.worker_id}")

@@ -15,6 +15,20 @@ import msgspec
 
 PeerState = Literal["new", "connecting", "connected", "disconnected", "closed", "failed"]
 
+# The client's transceivers, in the order it adds them, and the media source
+# each one carries; sessions name their sources with these words.
+AUDIO_TRANSCEIVER_INDEX = 0
+VIDEO_TRANSCEIVER_INDEX = 1
+SCREEN_VIDEO_TRANSCEIVER_INDEX = 2
+MIC_AUDIO_SOURCE = "microphone"
+CAM_VIDEO_SOURCE = "camera"
+SCREEN_VIDEO_SOURCE = "screenVideo"
+SOURCE_BY_RECEIVER = {
+    AUDIO_TRANSCEIVER_INDEX: MIC_AUDIO_SOURCE,
+    VIDEO_TRANSCEIVER_INDEX: CAM_VIDEO_SOURCE,
+    SCREEN_VIDEO_TRANSCEIVER_INDEX: SCREEN_VIDEO_SOURCE,
+}
+
 
 class WorkerRegister(msgspec.Struct, tag=True, frozen=True):
     """Worker to engine, first: who the worker is and how many sessions it takes."""

@@ -16,6 +16,11 @@ from pipecat.utils.base_object import BaseObject
 from engine.link import Outbox
 from engine.mailbox import Mailbox
 from engine.protocol import (
+    AUDIO_TRANSCEIVER_INDEX,
+    MIC_AUDIO_SOURCE,
+    SCREEN_VIDEO_TRANSCEIVER_INDEX,
+    SOURCE_BY_RECEIVER,
+    VIDEO_TRANSCEIVER_INDEX,
     AppMessageOut,
     AudioIn,
     AudioOut,
@@ -31,9 +36,6 @@ from engine.protocol import (
 )
 from workers.media import AudioFramer
 
-AUDIO_TRANSCEIVER_INDEX = 0
-VIDEO_TRANSCEIVER_INDEX = 1
-SCREEN_VIDEO_TRANSCEIVER_INDEX = 2
 # Peer audio a bot that is not reading keeps, in 20 ms frames, before the oldest is dropped.
 AUDIO_IN_FRAMES = 25
 # Bot audio handed to the engine and not yet taken by its encoder. write_audio
@@ -112,9 +114,8 @@ class SmallWebRTCConnection(BaseObject):
         self._state: PeerState = "new"
         self._closed = False
         self._tracks = {
-            AUDIO_TRANSCEIVER_INDEX: InputTrack("audio", "microphone"),
-            VIDEO_TRANSCEIVER_INDEX: InputTrack("video", "camera"),
-            SCREEN_VIDEO_TRANSCEIVER_INDEX: InputTrack("video", "screenVideo"),
+            index: InputTrack("audio" if source == MIC_AUDIO_SOURCE else "video", source)
+            for index, source in SOURCE_BY_RECEIVER.items()
         }
         self._audio_seq = 0
         self._audio_acked = 0
@@ -179,7 +180,7 @@ class SmallWebRTCConnection(BaseObject):
 
     def deliver_media(self, message: AudioIn | VideoIn, payload: list) -> None:
         """Route a frame from the engine to its input track."""
-        source = message.source if isinstance(message, VideoIn) else "microphone"
+        source = message.source if isinstance(message, VideoIn) else MIC_AUDIO_SOURCE
         for track in self._tracks.values():
             if track.source == source:
                 track.deliver(message, payload)

@@ -34,23 +34,10 @@ from pipecat.utils.shared import acquires, releases
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 from pydantic import BaseModel
 
-from transport.connection import (
-    AUDIO_TRANSCEIVER_INDEX,
-    SCREEN_VIDEO_TRANSCEIVER_INDEX,
-    VIDEO_TRANSCEIVER_INDEX,
-    InputTrack,
-    SmallWebRTCConnection,
-)
+from engine.protocol import CAM_VIDEO_SOURCE, MIC_AUDIO_SOURCE, SCREEN_VIDEO_SOURCE, SOURCE_BY_RECEIVER
+from transport.connection import InputTrack, SmallWebRTCConnection
 from workers.media import FORMAT_CONVERSIONS, AudioFramer, planes_to_rgb, rgb_to_i420
 
-CAM_VIDEO_SOURCE = "camera"
-SCREEN_VIDEO_SOURCE = "screenVideo"
-MIC_AUDIO_SOURCE = "microphone"
-_SOURCES_BY_RECEIVER = {
-    AUDIO_TRANSCEIVER_INDEX: MIC_AUDIO_SOURCE,
-    VIDEO_TRANSCEIVER_INDEX: CAM_VIDEO_SOURCE,
-    SCREEN_VIDEO_TRANSCEIVER_INDEX: SCREEN_VIDEO_SOURCE,
-}
 # How long a reader waits for media before warning that none comes.
 NO_MEDIA_WARNING_S = 2.0
 # The bot reads audio in frames of this length.
@@ -130,7 +117,7 @@ class SmallWebRTCClient:
 
         @webrtc_connection.event_handler("track-status")
         async def on_track_status(connection: SmallWebRTCConnection, receiver_index: int, enabled: bool):
-            source = _SOURCES_BY_RECEIVER.get(receiver_index)
+            source = SOURCE_BY_RECEIVER.get(receiver_index)
             if source:
                 await self._callbacks.on_track_status(source, enabled)
 
