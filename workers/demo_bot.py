@@ -3,8 +3,9 @@
 A real Pipecat pipeline, ``transport.input() -> HostEcho -> transport.output()``:
 your microphone comes back as the bot's voice, your camera comes back
 mirrored with the worker's id and a frame counter drawn on it (proof the
-picture went through a worker), RTVI chat messages (``client-message``) are
-answered, and any other app message is echoed as ``{"echo": message}``. On
+picture went through a worker), RTVI chat messages (``client-message``, and
+``send-text`` from Pipecat's web client) are answered, and any other app
+message is echoed as ``{"echo": message}``. On
 ``client-ready`` the bot also sends an RTVI ``server-message``
 ``{"type": "host-info", "worker_id", "pc_id"}``.
 
@@ -21,6 +22,7 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InputTransportMessageFrame,
+    LLMMessagesAppendFrame,
     OutputAudioRawFrame,
     OutputImageRawFrame,
     OutputTransportMessageUrgentFrame,
@@ -66,6 +68,13 @@ class HostEcho(FrameProcessor):
             await self.push_frame(self._annotate(frame))
         elif isinstance(frame, InputTransportMessageFrame) and not _is_rtvi(frame.message):
             await self.push_frame(OutputTransportMessageUrgentFrame(message={"echo": frame.message}))
+        elif isinstance(frame, LLMMessagesAppendFrame):
+            # RTVI "send-text" (Pipecat's web client's text box) meant for an LLM: this bot has none, it answers.
+            text = " ".join(str(m.get("content", "")) for m in frame.messages if isinstance(m, dict))
+            reply = {"type": "chat", "text": f"{self._worker_id} heard: {text}"}
+            await self.push_frame(
+                OutputTransportMessageUrgentFrame(message={"label": "rtvi-ai", "type": "server-message", "data": reply})
+            )
         else:
             await self.push_frame(frame, direction)
 

@@ -112,13 +112,13 @@ def test_prebuilt_client_call(host_factory, new_page):
     assert_mirrored_bars(page, "video:visible >> nth=0")
     assert_bot_audio_is_the_tone(page)
 
-    # The client's own text box: its RTVI send-text goes to the bot, which echoes it back.
+    # The client's own text box: its RTVI send-text goes to the bot, which answers it.
     page.locator("input[placeholder='Type message...']:visible").fill("hello from the prebuilt client")
     page.keyboard.press("Enter")
     page.wait_for_function(
         """() => window.__dcMessages.some((m) => {
              const msg = JSON.parse(m.data);
-             return msg.echo?.type === "send-text" && JSON.stringify(msg.echo).includes("hello from the prebuilt client");
+             return msg.type === "server-message" && String(msg.data?.text).includes("heard: hello from the prebuilt client");
            })""",
         timeout=15_000,
     )
