@@ -16,7 +16,6 @@ import zmq.asyncio
 from loguru import logger
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import recv_monitor_message
-from pipecat.runner.utils import smallwebrtc_sdp_munging
 
 import aiortc.rtcsctptransport
 from engine.ice import announce_address, restrict_host_addresses
@@ -157,6 +156,9 @@ class Engine:
         if self.settings.ice_announced_address:
             answer["sdp"] = announce_address(answer["sdp"], self.settings.ice_announced_address)
         if self.settings.esp32:
+            # Only ESP32 mode needs Pipecat in the engine process.
+            from pipecat.runner.utils import smallwebrtc_sdp_munging
+
             # Pipecat's runner keeps only the candidates of the host it serves on.
             host = self.settings.host
             answer["sdp"] = smallwebrtc_sdp_munging(answer["sdp"], None if host in ("0.0.0.0", "::") else host)
