@@ -72,6 +72,7 @@ class Engine:
         self._tasks: list[asyncio.Task] = []
         self._local_workers: dict[str, Any] = {}
         self._authenticator: AsyncioAuthenticator | None = None
+        self._peer_tasks: set[asyncio.Task] = set()
         self.metrics = HostMetrics(self)
         self.loop_lag_ms = 0.0
         self.draining = False
@@ -235,7 +236,10 @@ class Engine:
         peer = PeerActor(opening, self.settings, worker, self.metrics, self._peer_ended)
         self.peers[pc_id] = peer
         worker.sessions.add(pc_id)
-        asyncio.create_task(peer.run(), name=f"peer-{pc_id}")
+        task = asyncio.create_task(peer.run(), name=f"peer-{pc_id}")
+        # asyncio keeps only weak references to running tasks.
+        self._peer_tasks.add(task)
+        task.add_done_callback(self._peer_tasks.discard)
         try:
             answer = await peer.offer(sdp, type, restart_pc=False)
         except SignalingError as e:
