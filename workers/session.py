@@ -112,6 +112,8 @@ class Session:
                 bot_task.cancel()
             await asyncio.gather(bot_task, control_task, return_exceptions=True)
             self.connection.end(reason)
+            # Forget this session's media lanes in the worker's outbox (their unsent frames too).
+            self._outbox.mailbox.discard_lanes(lambda lane: isinstance(lane, tuple) and lane[0] == self.session_id)
             self.log.info(f"session {self.session_id} ended on worker {self._worker_id}")
 
     async def _serve_control(self) -> None:
