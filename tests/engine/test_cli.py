@@ -66,3 +66,26 @@ def test_an_invalid_setting_stops_startup_naming_it():
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0 and "ice_host_addresses" in result.stderr
+
+
+async def test_a_worker_drains_on_sigterm():
+    with HostProcess(0) as host:
+        endpoint = next(line.split("listening for workers on ")[1].strip() for line in host.log().splitlines() if "listening for workers on" in line)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "worker", "--engine", endpoint, "--worker-id", "joiner"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            host.wait_for(lambda ws: [w["worker_id"] for w in ws] == ["joiner"], timeout=30)
+            async with TestPeer(host.base_url) as peer:
+                await peer.connect()
+                worker.send_signal(signal.SIGTERM)
+                host.wait_for(lambda ws: ws and ws[0]["draining"], timeout=10)
+                # The only worker drains: no room for a new session, the running one goes on.
+                assert await offer_status(host.base_url, peer.pc.localDescription.sdp) == 503
+                await peer.wait_for_video_frames(10)
+            assert worker.wait(20) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()

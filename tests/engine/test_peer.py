@@ -20,6 +20,7 @@ TIMERS = {
     "SMALLWEBRTC_HOST_PEER_LOST_CLOSE_S": "1",
     "SMALLWEBRTC_HOST_CONNECTING_TIMEOUT_S": "2",
     "SMALLWEBRTC_HOST_DATA_CHANNEL_TIMEOUT_S": "1",
+    "SMALLWEBRTC_HOST_BOT_END_GRACE_S": "1",
 }
 
 
@@ -109,6 +110,15 @@ async def test_a_bot_that_raises_ends_only_its_session(host):
     async with TestPeer(host.base_url) as first, TestPeer(host.base_url) as second:
         await asyncio.gather(first.connect(request_data=body()), second.connect(request_data=body()))
         await asyncio.gather(first.wait_for_video_frames(3), second.wait_for_video_frames(3))
+
+
+async def test_a_bot_that_hangs_is_cancelled_once_its_peer_left(host):
+    peer = TestPeer(host.base_url)
+    await peer.connect(request_data=body("hanging"))
+    pc_id = peer.pc_id
+    await peer.close()
+    host.wait_for(lambda workers: all(pc_id not in w["sessions"] and not w["reported_sessions"] for w in workers), 15)
+    assert f"session {pc_id}: bot still running 1 s after its peer left; cancelling it" in host.log()
 
 
 async def test_a_peer_that_stops_pinging_is_closed(host):

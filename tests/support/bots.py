@@ -46,6 +46,11 @@ async def raising(runner_args):
     raise RuntimeError("this bot always fails")
 
 
+async def hanging(runner_args):
+    """A bot that never ends, whatever happens to its peer."""
+    await asyncio.Event().wait()
+
+
 async def chatty(runner_args):
     """Sends 60 messages before its peer can have opened the data channel, then echoes."""
     for index in range(60):
@@ -122,6 +127,7 @@ BOTS = {
     "slow": slow,
     "ending": ending,
     "raising": raising,
+    "hanging": hanging,
     "chatty": chatty,
     "speaker": speaker,
     "screen": screen,
