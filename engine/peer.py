@@ -19,7 +19,7 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSess
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
-from av import AudioFrame, VideoFrame
+from av import AudioFrame
 from loguru import logger
 
 from engine.mailbox import Mailbox
@@ -28,6 +28,7 @@ from engine.protocol import (
     AUDIO_TRANSCEIVER_INDEX,
     SCREEN_VIDEO_TRANSCEIVER_INDEX,
     SOURCE_BY_RECEIVER,
+    VIDEO_OUT_QUEUE_FRAMES,
     VIDEO_TRANSCEIVER_INDEX,
     AppMessageIn,
     AppMessageOut,
@@ -36,6 +37,7 @@ from engine.protocol import (
     AudioOutAck,
     AudioOutClear,
     MediaCaptureSet,
+    OutputCodecSet,
     OutputOpen,
     PeerRenegotiate,
     PeerState,
@@ -44,12 +46,14 @@ from engine.protocol import (
     SessionConnect,
     SessionOpen,
     TrackStatusChange,
+    VideoBitrateSet,
     VideoIn,
+    VideoKeyframeRequest,
     VideoOut,
 )
 from engine.registry import WorkerHandle
 from engine.settings import HostSettings
-from engine.tracks import RawAudioTrack, RawVideoTrack
+from engine.tracks import EncodedAudioTrack, EncodedVideoTrack, forward_sender_feedback
 
 # Packets a video receiver's jitter buffer holds, which bounds the frame it can
 # assemble: aiortc's 128 (about 150 KB) for the camera; 512 (about 600 KB,
@@ -124,12 +128,6 @@ class _WorkerMessage(NamedTuple):
     payload: list
 
 
-class _Image(NamedTuple):
-    image: memoryview
-    size: tuple[int, int]
-    format: str
-
-
 class PeerActor:
     """Owns one peer connection for the life of its session (its ``pc_id`` outlives restarts)."""
 
@@ -180,8 +178,8 @@ class PeerActor:
         self._restart_reason = ""
         self._readers: dict[int, asyncio.Task] = {}
         self._output_request: OutputOpen | None = None
-        self._audio_out: RawAudioTrack | None = None
-        self._video_out: RawVideoTrack | None = None
+        self._audio_out: EncodedAudioTrack | None = None
+        self._video_out: EncodedVideoTrack | None = None
         self._connecting_timer: asyncio.Task | None = None
         self._data_channel_timer: asyncio.Task | None = None
         # While a renegotiation we asked for is under way (until 2 s after its
@@ -212,7 +210,8 @@ class PeerActor:
         """Hand the actor a message from its worker; media is dropped by policy, never queued without bound."""
         item = _WorkerMessage(message, payload)
         if isinstance(message, VideoOut):
-            self.mailbox.put_latest("video-out", item)
+            # Encoded frames: a drop shows as a gap the output track recovers from.
+            self.mailbox.put_bounded("video-out", item, VIDEO_OUT_QUEUE_FRAMES)
         else:
             # Bot audio is control: the worker's credit window already bounds
             # it, and each one must be acknowledged.
@@ -501,14 +500,14 @@ class PeerActor:
                 if self._audio_out is None:
                     self.worker.outbox.send(AudioOutAck(self.pc_id, seq))
                 else:
-                    done = self._audio_out.add_audio_bytes(payload[0].buffer)
+                    done = self._audio_out.add_packet(payload[0].bytes)
                     done.add_done_callback(lambda _: self.worker.outbox.send(AudioOutAck(self.pc_id, seq)))
-            case VideoOut(width=width, height=height) if self._video_out is not None:
+            case VideoOut(index=index, keyframe=keyframe) if self._video_out is not None:
                 self._bot_media_out(self._metrics.video_out)
-                replaced = self._video_out.dropped_frames
-                self._video_out.add_video_frame(_Image(payload[0].buffer, (width, height), "I420"))
-                if self._video_out.dropped_frames > replaced:
-                    self._metrics.frames_dropped.labels("video", "output_track").inc()
+                dropped = self._video_out.dropped_frames
+                self._video_out.add_encoded_frame(payload[0].bytes, index, keyframe)
+                if self._video_out.dropped_frames > dropped:
+                    self._metrics.frames_dropped.labels("video", "output_track").inc(self._video_out.dropped_frames - dropped)
             case AppMessageOut(json=text):
                 self._send_to_peer(text)
             case SessionConnect():
@@ -560,14 +559,47 @@ class PeerActor:
             self._audio_out = None
         if self._video_out is not None and self._video_out.readyState != "live":
             self._video_out = None
-        if self._audio_out is None and request.audio_sample_rate:
-            self._audio_out = RawAudioTrack(request.audio_sample_rate, request.audio_auto_silence, frame_ms=20)
-        if self._video_out is None and request.video_width and request.video_height:
-            self._video_out = RawVideoTrack(request.video_width, request.video_height)
         transceivers = self._pc.getTransceivers()
+        if self._audio_out is None and request.audio and self._sends_opus(transceivers):
+            self._audio_out = EncodedAudioTrack(request.audio_auto_silence)
+        if self._video_out is None and request.video:
+            self._video_out = EncodedVideoTrack(self._request_bot_keyframe, VIDEO_OUT_QUEUE_FRAMES)
         for index, track in ((AUDIO_TRANSCEIVER_INDEX, self._audio_out), (VIDEO_TRANSCEIVER_INDEX, self._video_out)):
             if track is not None and len(transceivers) > index and transceivers[index].sender.track is not track:
+                if index == VIDEO_TRANSCEIVER_INDEX:
+                    self._hand_feedback_to_bot(transceivers[index])
                 transceivers[index].sender.replaceTrack(track)
+        if self._video_out is not None and len(transceivers) > VIDEO_TRANSCEIVER_INDEX:
+            # Every worker that opens outputs, and every new negotiation, learns the codec.
+            codecs = transceivers[VIDEO_TRANSCEIVER_INDEX]._codecs
+            if codecs:
+                self.worker.outbox.send(OutputCodecSet(self.pc_id, codecs[0].mimeType))
+
+    def _sends_opus(self, transceivers) -> bool:
+        # The worker encodes bot audio as Opus, which every browser offers first.
+        if len(transceivers) <= AUDIO_TRANSCEIVER_INDEX:
+            return False
+        codecs = transceivers[AUDIO_TRANSCEIVER_INDEX]._codecs
+        if codecs and codecs[0].mimeType.lower() == "audio/opus":
+            return True
+        self.log.warning(f"peer {self.pc_id}: the peer did not negotiate Opus; the bot's audio is not sent")
+        return False
+
+    def _hand_feedback_to_bot(self, transceiver) -> None:
+        """Have the peer's keyframe requests and bandwidth estimates for the bot's video reach its encoder."""
+        # aiortc sends with the first negotiated codec (private, but it is what its sender uses).
+        codecs = transceiver._codecs
+        if not codecs:
+            return
+        forward_sender_feedback(
+            transceiver.sender,
+            codecs[0],
+            self._request_bot_keyframe,
+            lambda bitrate: self.worker.outbox.send(VideoBitrateSet(self.pc_id, bitrate)),
+        )
+
+    def _request_bot_keyframe(self) -> None:
+        self.worker.outbox.send(VideoKeyframeRequest(self.pc_id))
 
     # ---- reading the peer's media ----
 

@@ -3,8 +3,9 @@
 Each message is a msgspec ``Struct`` tagged with its class name and encoded
 with msgpack as the first frame of a ZeroMQ multipart message. Media rides in
 the frames after it, untouched (``AudioIn``: one frame of packed s16 PCM;
-``VideoIn``: one frame per plane; ``AudioOut``: PCM; ``VideoOut``: I420), so
-neither side copies pixels or samples to frame them.
+``VideoIn``: one frame per plane; ``AudioOut`` and ``VideoOut``: the
+encoded packet), so neither side copies pixels or samples to frame them. The
+worker encodes the bot's media; the engine only packetizes it.
 
 Sessions are addressed by ``session_id``, which is the peer's ``pc_id``.
 """
@@ -28,6 +29,9 @@ SOURCE_BY_RECEIVER = {
     VIDEO_TRANSCEIVER_INDEX: CAM_VIDEO_SOURCE,
     SCREEN_VIDEO_TRANSCEIVER_INDEX: SCREEN_VIDEO_SOURCE,
 }
+# Encoded bot video a queue holds (about 130 ms at 30 fps), on either side of
+# the link, before frames are dropped and the engine waits for a keyframe.
+VIDEO_OUT_QUEUE_FRAMES = 4
 
 
 class WorkerRegister(msgspec.Struct, tag=True, frozen=True):
@@ -139,13 +143,32 @@ class AudioOutClear(msgspec.Struct, tag=True, frozen=True):
 
 
 class OutputOpen(msgspec.Struct, tag=True, frozen=True):
-    """Worker to engine: attach the bot's output tracks (a size or rate of 0 means none)."""
+    """Worker to engine: attach the bot's output tracks (audio, video or both)."""
 
     session_id: str
-    audio_sample_rate: int
+    audio: bool
     audio_auto_silence: bool
-    video_width: int
-    video_height: int
+    video: bool
+
+
+class OutputCodecSet(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: the peer's connection negotiated this video codec; encode bot video in it."""
+
+    session_id: str
+    video_mime_type: str
+
+
+class VideoKeyframeRequest(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: the peer lost its picture or a frame was dropped on the way; send a keyframe."""
+
+    session_id: str
+
+
+class VideoBitrateSet(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: the peer's bandwidth estimate changed; encode bot video at this bitrate."""
+
+    session_id: str
+    bitrate: int
 
 
 class AudioIn(msgspec.Struct, tag=True, frozen=True):
@@ -170,27 +193,29 @@ class VideoIn(msgspec.Struct, tag=True, frozen=True):
 
 
 class AudioOut(msgspec.Struct, tag=True, frozen=True):
-    """Worker to engine: bot audio, whole 10 ms of packed s16 PCM in one frame."""
+    """Worker to engine: 20 ms of bot audio as one Opus packet, which follows in one frame."""
 
     session_id: str
     seq: int
-    sample_rate: int
-    num_channels: int
 
 
 class AudioOutAck(msgspec.Struct, tag=True, frozen=True):
-    """Engine to worker: the audio up to ``seq`` has been handed to the encoder."""
+    """Engine to worker: the audio up to ``seq`` has been taken by the sender (or dropped)."""
 
     session_id: str
     seq: int
 
 
 class VideoOut(msgspec.Struct, tag=True, frozen=True):
-    """Worker to engine: a bot video frame; I420 follows in one frame."""
+    """Worker to engine: a bot video frame in the negotiated codec; its bitstream follows in one frame.
+
+    ``index`` counts the session's encoded frames, so a gap (a dropped frame)
+    shows and the engine can wait for a keyframe instead of sending a broken picture.
+    """
 
     session_id: str
-    width: int
-    height: int
+    index: int
+    keyframe: bool
 
 
 Message = (
@@ -210,6 +235,9 @@ Message = (
     | MediaCaptureSet
     | AudioOutClear
     | OutputOpen
+    | OutputCodecSet
+    | VideoKeyframeRequest
+    | VideoBitrateSet
     | AudioIn
     | VideoIn
     | AudioOut

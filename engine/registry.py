@@ -6,7 +6,6 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import zmq.asyncio
-from loguru import logger
 
 from engine.link import Frames, Outbox, send_to_worker
 from engine.protocol import WorkerHeartbeat

@@ -8,6 +8,7 @@ turns them into messages of ``engine.protocol``.
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from loguru import logger
@@ -20,6 +21,7 @@ from engine.protocol import (
     MIC_AUDIO_SOURCE,
     SCREEN_VIDEO_TRANSCEIVER_INDEX,
     SOURCE_BY_RECEIVER,
+    VIDEO_OUT_QUEUE_FRAMES,
     VIDEO_TRANSCEIVER_INDEX,
     AppMessageOut,
     AudioIn,
@@ -34,15 +36,22 @@ from engine.protocol import (
     VideoIn,
     VideoOut,
 )
-from workers.media import AudioFramer
+from workers.media import (
+    OPUS_FRAME_MS,
+    OPUS_SAMPLE_RATE,
+    VIDEO_TIME_BASE,
+    AudioFramer,
+    OpusEncoder,
+    VideoEncoder,
+    rgb_to_i420,
+)
 
 # Peer audio a bot that is not reading keeps, in 20 ms frames, before the oldest is dropped.
 AUDIO_IN_FRAMES = 25
-# Bot audio handed to the engine and not yet taken by its encoder. write_audio
+# Bot audio handed to the engine and not yet taken by its sender. write_audio
 # waits while more is in flight, so the bot runs at the wire's pace and an
 # interruption finds little already on its way.
 AUDIO_OUT_WINDOW_MS = 40
-AUDIO_OUT_FRAME_MS = 20
 
 
 class InputTrack:
@@ -93,6 +102,88 @@ class InputTrack:
             pass
 
 
+class VideoOutput:
+    """The bot's video on its way to the peer: converted to I420 and encoded off the event loop.
+
+    Until the encoder takes a frame, a newer one replaces it (a late frame is
+    worth nothing). Encoded frames go to the engine in order, numbered; one
+    lost on the way costs a keyframe, not a broken picture.
+    """
+
+    def __init__(self, pc_id: str, outbox: Outbox):
+        """Initialize the output.
+
+        Args:
+            pc_id: The session's id.
+            outbox: Where the encoded frames go.
+        """
+        self._pc_id = pc_id
+        self._outbox = outbox
+        self._pending: tuple[Any, int, int, str | None] | None = None
+        self._frame_ready = asyncio.Event()
+        self._mime_type: str | None = None
+        self._bitrate: int | None = None
+        self._keyframe_wanted = False
+        self._task: asyncio.Task | None = None
+
+    def write(self, image, width: int, height: int, fmt: str | None) -> None:
+        """Queue an RGB(A) image, replacing one the encoder has not taken yet."""
+        self._pending = (image, width, height, fmt)
+        self._frame_ready.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    def set_codec(self, mime_type: str) -> None:
+        """Encode in this codec from the next frame on (a new negotiation)."""
+        self._mime_type = mime_type
+
+    def set_bitrate(self, bitrate: int) -> None:
+        """Encode at this bitrate (the peer's estimate)."""
+        self._bitrate = bitrate
+
+    def request_keyframe(self) -> None:
+        """Make the next frame a keyframe."""
+        self._keyframe_wanted = True
+
+    def close(self) -> None:
+        """Stop encoding."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        encoder: VideoEncoder | None = None
+        index = 0
+        warned = False
+        while True:
+            await self._frame_ready.wait()
+            self._frame_ready.clear()
+            frame, self._pending = self._pending, None
+            if frame is None or self._mime_type is None:
+                continue  # the engine has not said which codec the peer takes yet
+            try:
+                if encoder is None or encoder.mime_type != self._mime_type:
+                    encoder = VideoEncoder(self._mime_type)
+                if self._bitrate is not None:
+                    encoder.bitrate = self._bitrate
+                keyframe, self._keyframe_wanted = self._keyframe_wanted, False
+                data, is_keyframe = await asyncio.to_thread(_encode, encoder, *frame, keyframe)
+            except ValueError as e:
+                if not warned:
+                    logger.warning(f"{self._pc_id}: dropping bot video: {e}")
+                    warned = True
+                continue
+            if data:
+                index += 1
+                self._outbox.send_bounded(
+                    (self._pc_id, "video-out"), VIDEO_OUT_QUEUE_FRAMES, VideoOut(self._pc_id, index, is_keyframe), data
+                )
+
+
+def _encode(encoder: VideoEncoder, image, width: int, height: int, fmt: str | None, keyframe: bool):
+    i420 = rgb_to_i420(image, width, height, fmt)
+    return encoder.encode(i420, int(time.monotonic() / VIDEO_TIME_BASE), keyframe)
+
+
 class SmallWebRTCConnection(BaseObject):
     """The worker-side connection to one peer, with Pipecat's events and methods.
 
@@ -121,6 +212,8 @@ class SmallWebRTCConnection(BaseObject):
         self._audio_acked = 0
         self._audio_acked_event = asyncio.Event()
         self._audio_out_framer: AudioFramer | None = None
+        self._audio_out_encoder: OpusEncoder | None = None
+        self._video_out = VideoOutput(pc_id, outbox)
         for event in (
             "app-message", "track-started", "track-ended", "track-status",
             "connecting", "connected", "disconnected", "closed", "failed", "new",
@@ -173,6 +266,7 @@ class SmallWebRTCConnection(BaseObject):
 
     def end(self, reason: str) -> None:
         """Mark the session over, telling the engine unless it is the one that ended it."""
+        self._video_out.close()
         if not self._closed:
             self._closed = True
             self._audio_acked_event.set()
@@ -197,28 +291,40 @@ class SmallWebRTCConnection(BaseObject):
         """The peer's screen share."""
         return self._tracks[SCREEN_VIDEO_TRANSCEIVER_INDEX]
 
-    def open_output(self, audio_sample_rate: int, audio_auto_silence: bool, video_size: tuple[int, int] | None):
-        """Have the engine send the bot's audio (at this rate; 0 for none) and video (at this size) to the peer."""
-        width, height = video_size or (0, 0)
-        if audio_sample_rate:
-            self._audio_out_framer = AudioFramer(audio_sample_rate, 1, AUDIO_OUT_FRAME_MS)
-        self._outbox.send(OutputOpen(self._pc_id, audio_sample_rate, audio_auto_silence, width, height))
+    def open_output(self, audio: bool, audio_auto_silence: bool, video: bool):
+        """Have the engine send the bot's audio and/or video to the peer (silence between audio if asked)."""
+        if audio:
+            self._audio_out_framer = AudioFramer(OPUS_SAMPLE_RATE, 1, OPUS_FRAME_MS)
+            self._audio_out_encoder = OpusEncoder()
+        self._outbox.send(OutputOpen(self._pc_id, audio, audio_auto_silence, video))
 
     async def write_audio(self, pcm: bytes, sample_rate: int, num_channels: int) -> None:
-        """Send bot audio in 20 ms frames, returning once the engine's encoder is close behind."""
+        """Send bot audio as 20 ms Opus packets, returning once the engine's sender is close behind."""
         framer = self._audio_out_framer
         if framer is None:
             return
         for chunk in framer.push(pcm, sample_rate, num_channels):
             self._audio_seq += 1
-            self._outbox.send(AudioOut(self._pc_id, self._audio_seq, framer.sample_rate, 1), chunk)
-        while (self._audio_seq - self._audio_acked) * AUDIO_OUT_FRAME_MS > AUDIO_OUT_WINDOW_MS and not self._closed:
+            self._outbox.send(AudioOut(self._pc_id, self._audio_seq), self._audio_out_encoder.encode(chunk))
+        while (self._audio_seq - self._audio_acked) * OPUS_FRAME_MS > AUDIO_OUT_WINDOW_MS and not self._closed:
             self._audio_acked_event.clear()
             await self._audio_acked_event.wait()
 
-    def write_video(self, i420, width: int, height: int) -> None:
-        """Send a bot video frame (I420); an unsent older frame is replaced."""
-        self._outbox.send_latest((self._pc_id, "video-out"), VideoOut(self._pc_id, width, height), i420)
+    def write_video(self, image, width: int, height: int, fmt: str | None) -> None:
+        """Send a bot video frame (packed RGB or RGBA); an older one not yet encoded is replaced."""
+        self._video_out.write(image, width, height, fmt)
+
+    def handle_video_codec(self, mime_type: str) -> None:
+        """The peer's connection negotiated this video codec."""
+        self._video_out.set_codec(mime_type)
+
+    def handle_keyframe_request(self) -> None:
+        """The peer (or the engine, after a dropped frame) needs a keyframe."""
+        self._video_out.request_keyframe()
+
+    def handle_bitrate(self, bitrate: int) -> None:
+        """The peer's bandwidth estimate changed."""
+        self._video_out.set_bitrate(bitrate)
 
     # ---- called by the worker's session actor, in message order ----
 

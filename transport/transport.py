@@ -36,7 +36,7 @@ from pydantic import BaseModel
 
 from engine.protocol import CAM_VIDEO_SOURCE, MIC_AUDIO_SOURCE, SCREEN_VIDEO_SOURCE, SOURCE_BY_RECEIVER
 from transport.connection import InputTrack, SmallWebRTCConnection
-from workers.media import FORMAT_CONVERSIONS, AudioFramer, planes_to_rgb, rgb_to_i420
+from workers.media import FORMAT_CONVERSIONS, AudioFramer, planes_to_rgb
 
 # How long a reader waits for media before warning that none comes.
 NO_MEDIA_WARNING_S = 2.0
@@ -246,12 +246,7 @@ class SmallWebRTCClient:
         if not (self._can_send() and self._video_output_size):
             return False
         width, height = frame.size
-        try:
-            i420 = rgb_to_i420(frame.image, width, height, frame.format)
-        except ValueError as e:
-            logger.warning(f"{self._webrtc_connection.pc_id}: dropping a bot video frame: {e}")
-            return False
-        self._webrtc_connection.write_video(i420, i420.shape[1], i420.shape[0] * 2 // 3)
+        self._webrtc_connection.write_video(frame.image, width, height, frame.format)
         return True
 
     def clear_audio_out(self) -> None:
@@ -316,9 +311,7 @@ class SmallWebRTCClient:
             if params.video_out_enabled:
                 self._video_output_size = (params.video_out_width, params.video_out_height)
             connection.open_output(
-                self._out_sample_rate if params.audio_out_enabled else 0,
-                params.audio_out_auto_silence,
-                self._video_output_size,
+                params.audio_out_enabled, params.audio_out_auto_silence, bool(self._video_output_size)
             )
         await self._callbacks.on_client_connected(connection)
 

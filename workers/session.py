@@ -13,11 +13,14 @@ from engine.protocol import (
     AppMessageIn,
     AudioIn,
     AudioOutAck,
+    OutputCodecSet,
     PeerStateChange,
     SessionClose,
     SessionOpen,
     TrackStatusChange,
+    VideoBitrateSet,
     VideoIn,
+    VideoKeyframeRequest,
 )
 from transport.connection import SmallWebRTCConnection
 
@@ -123,6 +126,12 @@ class Session:
             match message:
                 case AudioOutAck(seq=seq):
                     connection.handle_audio_ack(seq)
+                case OutputCodecSet(video_mime_type=mime_type):
+                    connection.handle_video_codec(mime_type)
+                case VideoKeyframeRequest():
+                    connection.handle_keyframe_request()
+                case VideoBitrateSet(bitrate=bitrate):
+                    connection.handle_bitrate(bitrate)
                 case PeerStateChange(state=state):
                     await connection.handle_state(state)
                 case TrackStatusChange(receiver_index=index, enabled=enabled):

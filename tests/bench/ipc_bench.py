@@ -55,7 +55,8 @@ async def worker_main(endpoint: str, direct: bool) -> None:
     pump = asyncio.create_task(outbox.pump(lambda parts: dealer.send_multipart(parts, copy=False)))
     outbox.send(WorkerRegister("bench-worker", os.getpid(), "localhost", 1))
     audio_out = np.zeros(960, np.int16)  # 20 ms mono at 48 kHz, what the echo bot sends back
-    video_out = np.zeros((HEIGHT * 3 // 2, WIDTH), np.uint8)  # I420, as rgb_to_i420 returns it
+    # The worker sends encoded video; a frame the size of raw I420 bounds the hop from above.
+    video_out = np.zeros((HEIGHT * 3 // 2, WIDTH), np.uint8)
     seq = 0
 
     async def send_direct(message, payload) -> None:
@@ -68,9 +69,9 @@ async def worker_main(endpoint: str, direct: bool) -> None:
             message = decode(parts[0].buffer)
             if isinstance(message, AudioIn):
                 seq += 1
-                reply, payload = AudioOut(message.session_id, seq, 48000, 1), audio_out
+                reply, payload = AudioOut(message.session_id, seq), audio_out
             elif isinstance(message, VideoIn):
-                reply, payload = VideoOut(message.session_id, WIDTH, HEIGHT), video_out
+                reply, payload = VideoOut(message.session_id, seq, True), video_out
             else:
                 break
             if send is None:

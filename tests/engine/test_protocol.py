@@ -21,12 +21,15 @@ EXAMPLES = [
     protocol.PeerRenegotiate("pc"),
     protocol.MediaCaptureSet("pc", "camera", 1.5),
     protocol.AudioOutClear("pc"),
-    protocol.OutputOpen("pc", 48000, True, 640, 480),
+    protocol.OutputOpen("pc", True, True, True),
     protocol.AudioIn("pc", 48000, 2, 960),
     protocol.VideoIn("pc", "camera", "yuv420p", 640, 480, [640, 320, 320], 3000),
-    protocol.AudioOut("pc", 7, 48000, 1),
+    protocol.AudioOut("pc", 7),
     protocol.AudioOutAck("pc", 7),
-    protocol.VideoOut("pc", 640, 480),
+    protocol.VideoOut("pc", 1, True),
+    protocol.OutputCodecSet("pc", "video/VP8"),
+    protocol.VideoKeyframeRequest("pc"),
+    protocol.VideoBitrateSet("pc", 1_500_000),
 ]
 
 

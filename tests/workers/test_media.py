@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from workers.media import FORMAT_CONVERSIONS, AudioFramer, planes_to_rgb, rgb_to_i420
+from workers.media import FORMAT_CONVERSIONS, AudioFramer, OpusEncoder, VideoEncoder, planes_to_rgb, rgb_to_i420
 
 BAR_COLOURS = [
     (255, 255, 255),
@@ -391,3 +391,57 @@ def test_empty_push_returns_nothing():
     assert framer.push(b"", 48000, 2) == []
     assert framer.push(b"", 16000, 1) == []
     assert framer.pending_bytes == 0
+
+
+ENCODED_BARS = colour_bars(32, 240)
+
+
+def _bars_i420():
+    return rgb_to_i420(ENCODED_BARS, ENCODED_BARS.shape[1], ENCODED_BARS.shape[0])
+
+
+@pytest.mark.parametrize(("mime_type", "decoder"), [("video/VP8", "libvpx"), ("video/H264", "h264")])
+def test_video_encoder_output_decodes_to_the_picture(mime_type, decoder):
+    encoder = VideoEncoder(mime_type)
+    decoding = av.CodecContext.create(decoder, "r")
+    frames, keyframes = [], []
+    for index in range(5):
+        data, keyframe = encoder.encode(_bars_i420(), index * 3000)
+        keyframes.append(keyframe)
+        frames += decoding.decode(av.Packet(data)) if data else []
+    assert keyframes[0] and not any(keyframes[1:])
+    rgb = frames[-1].to_ndarray(format="rgb24")
+    assert np.abs(rgb.astype(int) - ENCODED_BARS).mean() < 6
+
+
+def test_video_encoder_keyframe_on_request_and_on_bitrate_change():
+    encoder = VideoEncoder("video/VP8")
+    assert [encoder.encode(_bars_i420(), i * 3000, keyframe=i == 2)[1] for i in range(4)] == [True, False, True, False]
+    encoder.bitrate = 10**9
+    assert encoder.bitrate == 1_500_000  # aiortc's bounds for VP8
+    assert encoder.encode(_bars_i420(), 5 * 3000)[1]  # reopened at the new rate
+
+
+def test_video_encoder_rejects_a_codec_it_does_not_have():
+    with pytest.raises(ValueError, match="no encoder"):
+        VideoEncoder("video/AV1")
+
+
+def test_opus_encoder_one_packet_per_20ms_that_decodes_to_the_tone():
+    encoder = OpusEncoder()
+    decoder = av.CodecContext.create("opus", "r")
+    t = np.arange(48000) / 48000
+    tone = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+    decoded = []
+    for start in range(0, tone.size, 960):
+        packet = encoder.encode(tone[start : start + 960].tobytes())
+        assert packet
+        decoded += [frame.to_ndarray()[0] for frame in decoder.decode(av.Packet(packet))]
+    signal = np.concatenate(decoded)[4800:]
+    spectrum = np.abs(np.fft.rfft(signal))
+    assert abs(np.argmax(spectrum) * 48000 / signal.size - 440) < 5
+
+
+def test_opus_encoder_rejects_a_partial_frame():
+    with pytest.raises(ValueError, match="20 ms"):
+        OpusEncoder().encode(bytes(100))
