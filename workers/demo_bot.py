@@ -10,7 +10,8 @@ message is echoed as ``{"echo": message}``. On
 ``{"type": "host-info", "worker_id", "pc_id"}``.
 
 Request body options (``request_data`` or the ``/start`` body): ``video_width``
-and ``video_height`` of the bot's video (default 640x480).
+and ``video_height`` of the bot's video (default 640x480); ``"video": false``
+makes it a voice bot (no camera in, no video out).
 """
 
 import os
@@ -97,6 +98,7 @@ async def bot(runner_args):
     """Run the echo bot for one peer until it leaves."""
     body = runner_args.body if isinstance(runner_args.body, dict) else {}
     size = (int(body.get("video_width", 640)), int(body.get("video_height", 480)))
+    video = body.get("video", True) is not False
     worker_id = getattr(runner_args, "worker_id", "") or f"pid-{os.getpid()}"
     connection = runner_args.webrtc_connection
     transport = SmallWebRTCTransport(
@@ -104,9 +106,9 @@ async def bot(runner_args):
         params=TransportParams(
             audio_in_enabled=True,
             audio_out_enabled=True,
-            video_in_enabled=True,
+            video_in_enabled=video,
             video_in_sources={"camera": VideoInSourceParams(framerate=30)},
-            video_out_enabled=True,
+            video_out_enabled=video,
             video_out_is_live=True,
             video_out_width=size[0],
             video_out_height=size[1],

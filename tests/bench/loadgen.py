@@ -5,7 +5,8 @@ CPU is never counted against the server) and driven over stdin/stdout, one JSON
 object per line:
 
 - it connects its peers (staggered, concurrently) and prints ``{"event": "ready", ...}``;
-- ``video`` (stdin): waits until every connected peer received echoed video, prints ``{"event": "video", ...}``;
+- ``video`` (stdin): waits until every connected peer received echoed video
+  (audio, with ``--audio-only``), prints ``{"event": "video", ...}``;
 - ``start`` / ``stop``: the measurement window; on ``stop`` it prints ``{"event": "result", ...}``;
 - ``quit``: closes every peer and exits.
 
@@ -77,9 +78,10 @@ class BenchPeer(TestPeer):
 
     __test__ = False
 
-    def __init__(self, base_url: str, clip: Clip, *, probe: bool = False, **kwargs: Any) -> None:
+    def __init__(self, base_url: str, clip: Clip, *, probe: bool = False, audio_only: bool = False, **kwargs: Any) -> None:
         super().__init__(base_url, width=clip.width, height=clip.height, **kwargs)
         self.clip = clip
+        self.audio_only = audio_only
         self.probe = probe
         self.video_arrivals: list[float] = []
         self.audio_arrivals: list[float] = []
@@ -98,11 +100,19 @@ class BenchPeer(TestPeer):
 
     def _make_local_tracks(self):
         self.audio_track, self.video_track = packet_tracks(self.clip)
+        if self.audio_only:
+            self.video_track = None
         return self.audio_track, self.video_track
+
+    @property
+    def echo_arrivals(self) -> list[float]:
+        """When echoed media arrived: video, or audio for a voice peer."""
+        return self.audio_arrivals if self.audio_only else self.video_arrivals
 
     def _configure_pc(self, pc) -> None:
         transceivers = pc.getTransceivers()
-        self.video_track.sender = transceivers[1].sender
+        if self.video_track is not None:
+            self.video_track.sender = transceivers[1].sender
         for transceiver, arrivals in ((transceivers[0], self.audio_arrivals), (transceivers[1], self.video_arrivals)):
             receiver = transceiver.receiver
             name = "_RTCRtpReceiver__decoder_queue"
@@ -237,7 +247,10 @@ async def main_async(args: argparse.Namespace) -> None:
     clip = load_clip(args.width, args.height)
     body = json.loads(args.body) if args.body else None
     peers = [
-        BenchPeer(args.url, clip, probe=(args.probe and i == 0), connect_timeout=args.connect_timeout, http_timeout=args.connect_timeout)
+        BenchPeer(
+            args.url, clip, probe=(args.probe and i == 0), audio_only=args.audio_only,
+            connect_timeout=args.connect_timeout, http_timeout=args.connect_timeout,
+        )
         for i in range(args.peers)
     ]
     for peer in peers:
@@ -275,9 +288,9 @@ async def main_async(args: argparse.Namespace) -> None:
             command = line.decode().strip()
             if command == "video":
                 deadline = time.monotonic() + args.video_timeout
-                while time.monotonic() < deadline and not all(p.video_arrivals for p in live):
+                while time.monotonic() < deadline and not all(p.echo_arrivals for p in live):
                     await asyncio.sleep(0.05)
-                emit({"event": "video", "name": args.name, "with_video": sum(bool(p.video_arrivals) for p in live), "connected": len(live)})
+                emit({"event": "video", "name": args.name, "with_video": sum(bool(p.echo_arrivals) for p in live), "connected": len(live)})
             elif command == "start":
                 t0 = time.monotonic()
                 emit({"event": "started", "name": args.name})
@@ -307,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--peers", type=int, default=1)
     parser.add_argument("--probe", action="store_true", help="the first peer is the probe (decodes and measures)")
+    parser.add_argument("--audio-only", action="store_true", help="voice peers: send and expect audio only")
     parser.add_argument("--body", default="", help="request_data of the offer, JSON")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)

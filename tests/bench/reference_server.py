@@ -98,7 +98,9 @@ class Echo(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-async def run_bot(connection: SmallWebRTCConnection, width: int, height: int, rtvi: bool = False) -> None:
+async def run_bot(
+    connection: SmallWebRTCConnection, width: int, height: int, rtvi: bool = False, video: bool = True
+) -> None:
     """One bot session on ``connection``, until the peer leaves or the task is cancelled."""
     transport = SmallWebRTCTransport(
         webrtc_connection=connection,
@@ -109,8 +111,8 @@ async def run_bot(connection: SmallWebRTCConnection, width: int, height: int, rt
             audio_out_enabled=True,
             audio_out_sample_rate=SAMPLE_RATE,
             audio_out_channels=1,
-            video_in_enabled=True,
-            video_out_enabled=True,
+            video_in_enabled=video,
+            video_out_enabled=video,
             video_out_is_live=True,
             video_out_width=width,
             video_out_height=height,
@@ -126,7 +128,8 @@ async def run_bot(connection: SmallWebRTCConnection, width: int, height: int, rt
 
     @transport.event_handler("on_client_connected")
     async def on_client_connected(transport: SmallWebRTCTransport, client: SmallWebRTCConnection):
-        await transport.capture_participant_video(client.pc_id, framerate=None)
+        if video:
+            await transport.capture_participant_video(client.pc_id, framerate=None)
 
     @transport.event_handler("on_client_disconnected")
     async def on_client_disconnected(transport: SmallWebRTCTransport, client: SmallWebRTCConnection):
@@ -137,7 +140,7 @@ async def run_bot(connection: SmallWebRTCConnection, width: int, height: int, rt
     await runner.run()
 
 
-def build_app(width: int = 320, height: int = 240, rtvi: bool = False) -> FastAPI:
+def build_app(width: int = 320, height: int = 240, rtvi: bool = False, video: bool = True) -> FastAPI:
     """The reference server's FastAPI app."""
     handler = SmallWebRTCRequestHandler(ice_servers=[])
     sessions: dict[str, dict[str, Any]] = {}
@@ -146,7 +149,7 @@ def build_app(width: int = 320, height: int = 240, rtvi: bool = False) -> FastAP
     async def start_bot(connection: SmallWebRTCConnection) -> None:
         if connection.ice_servers != []:  # what it handed to RTCConfiguration(iceServers=...)
             raise RuntimeError("the reference server must not use ICE servers")
-        task = asyncio.get_running_loop().create_task(run_bot(connection, width, height, rtvi))
+        task = asyncio.get_running_loop().create_task(run_bot(connection, width, height, rtvi, video))
         bots.add(task)
         task.add_done_callback(bots.discard)
 
@@ -229,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--rtvi", action="store_true", help="add Pipecat's RTVI processor (for the web client)")
     parser.add_argument("--log-level", default="INFO", help="loguru level for Pipecat's logs")
+    parser.add_argument("--audio-only", action="store_true", help="a voice bot: no video in or out")
     args = parser.parse_args(argv)
 
     logger.remove()
@@ -236,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     restrict_host_addresses(["127.0.0.1"])
     RTCIceGatherer.getDefaultIceServers = classmethod(lambda cls: [])  # never a public STUN server
 
-    app = build_app(args.width, args.height, args.rtvi)
+    app = build_app(args.width, args.height, args.rtvi, video=not args.audio_only)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
 
 

@@ -58,6 +58,7 @@ from tests.support.host import HostProcess, free_port
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BODY = {"video_width": 640, "video_height": 480}
+AUDIO_ONLY_BODY = {"video": False}
 # A run during which other work on the machine kept more cores than this busy is flagged "noisy".
 NOISY_FOREIGN_CORES = 0.25
 
@@ -106,14 +107,14 @@ class HostServer(Server):
 class ReferenceServer(Server):
     kind = "reference"
 
-    def __init__(self, width: int, height: int, cpus: str | None, timeout: float = 60.0):
+    def __init__(self, width: int, height: int, cpus: str | None, audio_only: bool = False, timeout: float = 60.0):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self._log = tempfile.NamedTemporaryFile(prefix="reference-", suffix=".log", delete=False)
         self.log_path = self._log.name
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.bench.reference_server", "--host", "127.0.0.1", "--port", str(port),
-             "--width", str(width), "--height", str(height)],
+             "--width", str(width), "--height", str(height), *(["--audio-only"] if audio_only else [])],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -190,9 +191,11 @@ class Client:
         self.peers = peers
         command = [
             sys.executable, "-m", "tests.bench.loadgen", "--url", url, "--peers", str(peers),
-            "--body", json.dumps(BODY), "--name", name, "--stagger", str(args.stagger),
-            "--width", "640", "--height", "480",
+            "--body", json.dumps(AUDIO_ONLY_BODY if args.media == "audio" else BODY), "--name", name,
+            "--stagger", str(args.stagger), "--width", "640", "--height", "480",
         ]
+        if args.media == "audio":
+            command.append("--audio-only")
         if probe:
             command.append("--probe")
         if args.client_cpus:
@@ -265,13 +268,15 @@ def run_one(kind: str, peers: int, args: argparse.Namespace, log_dir: Path) -> d
     conditions = {**procstat.machine(), "busy_cores_before_start": quiet}
     started = time.monotonic()
     server: Server = (
-        HostServer(args.workers, args.server_cpus, _env_pairs(args.host_env)) if kind == "host" else ReferenceServer(640, 480, args.server_cpus)
+        HostServer(args.workers, args.server_cpus, _env_pairs(args.host_env))
+        if kind == "host"
+        else ReferenceServer(640, 480, args.server_cpus, audio_only=args.media == "audio")
     )
     _renice(server.root_pid, args.nice)
     server_start_s = time.monotonic() - started
     clients: list[Client] = []
     profiles: list[dict] = []
-    record: dict = {"bench": "av", "server": kind, "peers": peers, "seconds": args.seconds, "warmup": args.warmup}
+    record: dict = {"bench": args.media, "server": kind, "peers": peers, "seconds": args.seconds, "warmup": args.warmup}
     if kind == "host":
         record["workers"] = args.workers
         record["host_env"] = _env_pairs(args.host_env)
@@ -515,8 +520,8 @@ def code_fingerprint() -> dict:
     return out
 
 
-def print_table(records: list[dict]) -> None:
-    av = [r for r in records if r.get("bench") == "av" and "error" not in r]
+def print_table(records: list[dict], media: str = "av") -> None:
+    av = [r for r in records if r.get("bench") == media and "error" not in r]
     if av:
         print()
         header = (
@@ -563,9 +568,20 @@ def print_table(records: list[dict]) -> None:
                 f"{_fmt(q['cpu_per_session_total'], 2):>10} {_fmt(q['cpu_per_session_engine'], 2):>11} "
                 f"{_fmt(q['cpu_per_session_workers'], 2):>12} {_fmt(q['rss_total'], 2):>10} {_fmt(q['cpu_per_echoed_frame'], 2):>10}"
             )
-        print("targets: engine/ref <= 0.30, CPU total <= 0.80 (per A/V session, against the reference's per-session total)")
+        if media == "av":
+            print("targets: engine/ref <= 0.30, CPU total <= 0.80 (per A/V session, against the reference's per-session total)")
+        else:
+            print("target: CPU total <= 0.50 (per voice-bot session, against the reference's)")
+    for server in ("host", "reference"):
+        runs = sorted((r for r in av if r["server"] == server), key=lambda r: r["peers"])
+        steps = [
+            f"{a['peers']}->{b['peers']}: {(b['rss_mb_total'] - a['rss_mb_total']) / (b['peers'] - a['peers']):.0f}"
+            for a, b in zip(runs, runs[1:])
+        ]
+        if steps:
+            print(f"RSS MB per added session, {server}: " + ", ".join(steps) + ("  (target <= 30)" if server == "host" else ""))
     for r in records:
-        if r.get("bench") == "av" and "error" in r:
+        if r.get("bench") == media and "error" in r:
             print(f"{r['server']} with {r['peers']} peers: FAILED: {r['error']}")
         for profile in r.get("profiles", []):
             print_profile(r, profile)
@@ -621,6 +637,7 @@ def compute_ratios(av: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--peers", default="1,2,4", help="comma-separated peer counts (default 1,2,4)")
+    parser.add_argument("--media", choices=("av", "audio"), default="av", help="A/V echo sessions, or voice-bot sessions (audio only)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per run (default 20)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds between every peer having video and the window (default 5)")
     parser.add_argument("--servers", default="host,reference", help="which servers, in order (default host,reference)")
@@ -699,15 +716,15 @@ def main(argv: list[str] | None = None) -> None:
                 try:
                     record = run_one(kind, peers, args, log_dir)
                 except Exception as e:  # a failed run is a result too
-                    record = {"bench": "av", "server": kind, "peers": peers, "error": f"{type(e).__name__}: {e}"}
+                    record = {"bench": args.media, "server": kind, "peers": peers, "error": f"{type(e).__name__}: {e}"}
                 if not record.get("noisy") or attempt == args.retry_noisy:
                     emit(record)
                     break
                 print(f"noisy run (other work used {record['conditions']['foreign_busy_cores']} cores); again", flush=True)
-                record["bench"] = "av-noisy-discarded"
+                record["bench"] = f"{args.media}-noisy-discarded"
                 emit(record)
 
-    for ratio in compute_ratios([r for r in records if r.get("bench") == "av" and "error" not in r]):
+    for ratio in compute_ratios([r for r in records if r.get("bench") == args.media and "error" not in r]):
         emit(ratio)
     ipc = [r for r in records if r.get("bench") == "ipc"]
     if ipc:
@@ -718,7 +735,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['path']:<7} {r['kind']:<6} {r['rtt_p50_us']:>10.0f} {r['rtt_p99_us']:>10.0f} {r['throughput_msgs_s']:>13.0f} "
                 f"{r['throughput_MBps_in']:>8.0f} {r['cpu_us_per_roundtrip_engine']:>14.0f} {r['cpu_us_per_roundtrip_worker']:>14.0f}"
             )
-    print_table(records)
+    print_table(records, args.media)
     print(f"\nresults: {out_path}\nlogs: {log_dir}")
 
 
