@@ -22,6 +22,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import AudioFrame, Packet, VideoFrame
 from loguru import logger
 
+from engine.keyframes import KeyframeGate
+
 
 class _PacedAudioTrack(AudioStreamTrack):
     """Hands aiortc one frame of audio at a time, at wall-clock pace, from a bounded queue.
@@ -261,17 +263,13 @@ class RawVideoTrack(VideoStreamTrack):
 class EncodedVideoTrack(MediaStreamTrack):
     """The bot's video as encoded frames, for an aiortc sender to packetize.
 
-    A decoder cannot skip a frame, so an encoded stream is never thinned
-    "newest wins": after any gap in the frames' indices, and at the start,
-    frames are dropped up to the next keyframe and one is asked for. At most
-    ``max_queued`` frames wait for the sender; past that the queue is dropped
-    (the sender has fallen behind) and the same recovery applies.
+    Frames pass a ``KeyframeGate``: after a gap in their numbering, and at the
+    start, they are dropped up to the next keyframe and one is asked for. At
+    most ``max_queued`` frames wait for the sender; past that the queue is
+    dropped (the sender has fallen behind) and the same recovery applies.
     """
 
     kind = "video"
-
-    # Keyframe requests are repeated at most this often while none arrives.
-    KEYFRAME_RETRY_S = 0.5
 
     def __init__(self, request_keyframe: Callable[[], None], max_queued: int = 4):
         """Initialize the track.
@@ -281,15 +279,17 @@ class EncodedVideoTrack(MediaStreamTrack):
             max_queued: Frames held for the sender before the queue is dropped.
         """
         super().__init__()
-        self._request_keyframe = request_keyframe
+        self._gate = KeyframeGate(request_keyframe)
         self._max_queued = max_queued
         self._frames: deque[bytes] = deque()
         self._frame_ready = asyncio.Event()
-        self._next_index: int | None = None
-        self._awaiting_keyframe = True
-        self._keyframe_requested_at = -self.KEYFRAME_RETRY_S
         self._start: float | None = None
-        self.dropped_frames = 0
+        self._overflow_drops = 0
+
+    @property
+    def dropped_frames(self) -> int:
+        """Frames dropped: the sender fell behind, or they waited for a keyframe."""
+        return self._overflow_drops + self._gate.dropped_frames
 
     def add_encoded_frame(self, data: bytes, index: int, keyframe: bool) -> bool:
         """Queue an encoded frame.
@@ -302,21 +302,11 @@ class EncodedVideoTrack(MediaStreamTrack):
         Returns:
             Whether the frame was queued (False: dropped until a keyframe).
         """
-        continuous = index == self._next_index
-        self._next_index = index + 1
         if len(self._frames) >= self._max_queued:
-            self.dropped_frames += len(self._frames)
+            self._overflow_drops += len(self._frames)
             self._frames.clear()
-            self._awaiting_keyframe = True
-        if keyframe:
-            self._awaiting_keyframe = False
-        elif self._awaiting_keyframe or not continuous:
-            self._awaiting_keyframe = True
-            self.dropped_frames += 1
-            now = time.monotonic()
-            if now - self._keyframe_requested_at >= self.KEYFRAME_RETRY_S:
-                self._keyframe_requested_at = now
-                self._request_keyframe()
+            self._gate.break_stream()
+        if not self._gate.admit(index, keyframe):
             return False
         self._frames.append(data)
         self._frame_ready.set()
