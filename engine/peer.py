@@ -13,13 +13,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.jitterbuffer import JitterBuffer
-from aiortc.mediastreams import MediaStreamError
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
-from av import AudioFrame
 from loguru import logger
 
 from engine.mailbox import Mailbox
@@ -28,7 +28,7 @@ from engine.protocol import (
     AUDIO_TRANSCEIVER_INDEX,
     SCREEN_VIDEO_TRANSCEIVER_INDEX,
     SOURCE_BY_RECEIVER,
-    VIDEO_OUT_QUEUE_FRAMES,
+    VIDEO_QUEUE_FRAMES,
     VIDEO_TRANSCEIVER_INDEX,
     AppMessageIn,
     AppMessageOut,
@@ -39,6 +39,7 @@ from engine.protocol import (
     MediaCaptureSet,
     OutputCodecSet,
     OutputOpen,
+    PeerKeyframeRequest,
     PeerRenegotiate,
     PeerState,
     PeerStateChange,
@@ -51,6 +52,7 @@ from engine.protocol import (
     VideoKeyframeRequest,
     VideoOut,
 )
+from engine.receivers import tap_encoded_frames
 from engine.registry import WorkerHandle
 from engine.settings import HostSettings
 from engine.tracks import EncodedAudioTrack, EncodedVideoTrack, forward_sender_feedback
@@ -73,8 +75,6 @@ RENEGOTIATION_GUARD_S = 2.0
 LIVENESS_TICK_S = 0.5
 # How long a resumed video receiver waits for the sender's first packet to ask it for a keyframe.
 KEYFRAME_REQUEST_WAIT_S = 1.0
-# Slack in the video frame schedule, so a frame that arrives a little early still counts.
-FRAME_JITTER_S = 0.01
 # How long a closing session waits for "peerLeft" to leave the data channel.
 PEER_LEFT_FLUSH_S = 0.5
 
@@ -169,14 +169,15 @@ class PeerActor:
         self._queueing = True
         self._held_app_messages: deque[str] = deque(maxlen=MAX_HELD_APP_MESSAGES)
         self._enabled_sources = {index: True for index in SOURCE_BY_RECEIVER}
-        # What the bot captures, by source: None = every frame, 0 = nothing, else at most that fps.
-        self._capture: dict[str, float | None] = {}
+        # Which sources the bot captures.
+        self._capture: dict[str, bool] = {}
+        # Each video source's frames are numbered (engine.keyframes); a gap means "wait for a keyframe".
+        self._frame_index = {index: 0 for index in SOURCE_BY_RECEIVER}
         self._bot_was_late = False
         self._keyframe_requests: set[asyncio.Task] = set()
         # Set while a closed or failed peer connection may still be restarted.
         self._restart_deadline: float | None = None
         self._restart_reason = ""
-        self._readers: dict[int, asyncio.Task] = {}
         self._output_request: OutputOpen | None = None
         self._audio_out: EncodedAudioTrack | None = None
         self._video_out: EncodedVideoTrack | None = None
@@ -211,7 +212,7 @@ class PeerActor:
         item = _WorkerMessage(message, payload)
         if isinstance(message, VideoOut):
             # Encoded frames: a drop shows as a gap the output track recovers from.
-            self.mailbox.put_bounded("video-out", item, VIDEO_OUT_QUEUE_FRAMES)
+            self.mailbox.put_bounded("video-out", item, VIDEO_QUEUE_FRAMES)
         else:
             # Bot audio is control: the worker's credit window already bounds
             # it, and each one must be acknowledged.
@@ -344,12 +345,14 @@ class PeerActor:
         # first two transceivers (audio, camera) and only receives the rest.
         for index, transceiver in enumerate(pc.getTransceivers()):
             transceiver.direction = "sendrecv" if index < 2 else "recvonly"
+            # Before the answer is applied, which starts the receivers.
+            tap_encoded_frames(transceiver.receiver, partial(self._hand_on, index))
+            if index not in SOURCE_BY_RECEIVER:
+                transceiver.receiver._enabled = False  # a source the contract does not have
         await pc.setLocalDescription(await pc.createAnswer())
         for index in SOURCE_BY_RECEIVER:
             self._apply_capture(index)
         self._attach_outputs()
-        if self._bot_ready:
-            self._start_readers()
         if self._renegotiating_until is not None:
             self._renegotiating_until = time.monotonic() + RENEGOTIATION_GUARD_S
         if self._answered_at is None:
@@ -513,11 +516,13 @@ class PeerActor:
             case SessionConnect():
                 self._bot_ready = True
                 self._bot_was_late = self._peer_state() == "connected"
-                if self._pc is not None:
-                    self._start_readers()
                 self._report_state()
             case MediaCaptureSet():
                 self._set_capture(message)
+            case PeerKeyframeRequest(source=source):
+                index = self._receiver_index(source)
+                if index is not None and self._wanted(index):
+                    self._ask_peer_for_keyframe(index)
             case AudioOutClear() if self._audio_out is not None:
                 self._audio_out.clear()
             case OutputOpen():
@@ -563,7 +568,7 @@ class PeerActor:
         if self._audio_out is None and request.audio and self._sends_opus(transceivers):
             self._audio_out = EncodedAudioTrack(request.audio_auto_silence)
         if self._video_out is None and request.video:
-            self._video_out = EncodedVideoTrack(self._request_bot_keyframe, VIDEO_OUT_QUEUE_FRAMES)
+            self._video_out = EncodedVideoTrack(self._request_bot_keyframe, VIDEO_QUEUE_FRAMES)
         for index, track in ((AUDIO_TRANSCEIVER_INDEX, self._audio_out), (VIDEO_TRANSCEIVER_INDEX, self._video_out)):
             if track is not None and len(transceivers) > index and transceivers[index].sender.track is not track:
                 if index == VIDEO_TRANSCEIVER_INDEX:
@@ -603,17 +608,9 @@ class PeerActor:
 
     # ---- reading the peer's media ----
 
-    def _start_readers(self) -> None:
-        transceivers = self._pc.getTransceivers()
-        for index in SOURCE_BY_RECEIVER:
-            if index < len(transceivers) and index not in self._readers:
-                self._readers[index] = asyncio.create_task(self._read(index, transceivers[index].receiver))
-                self._apply_capture(index)
-
     def _wanted(self, index: int) -> bool:
         """Whether the bot wants this source now (captured, and not muted if it is video)."""
-        source = SOURCE_BY_RECEIVER[index]
-        if self._capture.get(source, 0) == 0:
+        if not self._capture.get(SOURCE_BY_RECEIVER[index], False):
             return False
         return index == AUDIO_TRANSCEIVER_INDEX or self._enabled_sources[index]
 
@@ -630,12 +627,21 @@ class PeerActor:
             receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(
                 capacity=VIDEO_JITTER_BUFFER_CAPACITY[index], is_video=True
             )
-            task = asyncio.create_task(self._request_keyframe(receiver))
-            self._keyframe_requests.add(task)
-            task.add_done_callback(self._keyframe_requests.discard)
+            # The stream resumes mid-way: a gap, so the worker waits for a keyframe.
+            self._frame_index[index] += 1
+            self._ask_peer_for_keyframe(index)
         # aiortc neither decodes nor queues for a disabled receiver: a source
         # the bot does not read costs nothing and never piles up.
         receiver._enabled = wanted
+
+    def _ask_peer_for_keyframe(self, index: int) -> None:
+        transceivers = self._pc.getTransceivers() if self._pc else []
+        if index >= len(transceivers):
+            return
+        receiver = transceivers[index].receiver
+        task = asyncio.create_task(self._request_keyframe(receiver))
+        self._keyframe_requests.add(task)
+        task.add_done_callback(self._keyframe_requests.discard)
 
     async def _request_keyframe(self, receiver) -> None:
         """Ask the sender for a keyframe: video resumed mid-stream decodes nothing until one comes."""
@@ -646,13 +652,17 @@ class PeerActor:
         for source in sources:
             await receiver._send_rtcp_pli(source.source)
 
+    @staticmethod
+    def _receiver_index(source: str) -> int | None:
+        return next((i for i, name in SOURCE_BY_RECEIVER.items() if name == source), None)
+
     def _set_capture(self, request: MediaCaptureSet) -> None:
-        index = next((i for i, source in SOURCE_BY_RECEIVER.items() if source == request.source), None)
+        index = self._receiver_index(request.source)
         if index is None:
             self.log.warning(f"peer {self.pc_id}: the bot asked for an unknown source {request.source!r}")
             return
         starting = not self._wanted(index)
-        self._capture[request.source] = request.max_fps
+        self._capture[request.source] = request.enabled
         if self._pc is not None:
             self._apply_capture(index)
         if starting and index != AUDIO_TRANSCEIVER_INDEX and self._wanted(index) and self._bot_was_late:
@@ -661,44 +671,28 @@ class PeerActor:
             self._bot_was_late = False
             self._ask_to_renegotiate()
 
-    async def _read(self, index: int, receiver) -> None:
-        source = SOURCE_BY_RECEIVER[index]
-        send = self.worker.outbox
+    def _hand_on(self, index: int, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+        """Send a complete encoded frame of the peer's to the worker, if its bot is there to read it."""
+        # A disabled receiver assembles nothing: every frame here is one the bot captures.
+        source = SOURCE_BY_RECEIVER.get(index)
+        if source is None:
+            return
         lane = (self.pc_id, source)
-        audio_in, video_in = self._metrics.audio_in, self._metrics.video_in
-        next_due = 0.0
-        try:
-            while True:
-                frame = await receiver.track.recv()
-                if not receiver._enabled:
-                    continue  # decoded before the bot stopped wanting it
-                if isinstance(frame, AudioFrame):
-                    channels = len(frame.layout.channels)
-                    message = AudioIn(self.pc_id, frame.sample_rate, channels, frame.pts)
-                    pcm = memoryview(frame.planes[0])[: frame.samples * channels * 2]
-                    send.send_bounded(lane, AUDIO_IN_LANE_FRAMES, message, pcm)
-                    audio_in.inc()
-                    continue
-                max_fps = self._capture.get(source)
-                now = time.monotonic()
-                if max_fps:
-                    if now < next_due - FRAME_JITTER_S:
-                        continue
-                    next_due = max(next_due, now - FRAME_JITTER_S) + 1 / max_fps
-                planes = frame.planes
-                message = VideoIn(
-                    self.pc_id, source, frame.format.name, frame.width, frame.height,
-                    [plane.line_size for plane in planes], frame.pts,
-                )
-                send.send_latest(lane, message, *planes)
-                video_in.inc()
-        except MediaStreamError:
-            self.log.debug(f"peer {self.pc_id}: {source} track ended")
+        if index == AUDIO_TRANSCEIVER_INDEX:
+            if self._bot_ready:
+                message = AudioIn(self.pc_id, codec.mimeType, frame.timestamp)
+                self.worker.outbox.send_bounded(lane, AUDIO_IN_LANE_FRAMES, message, frame.data)
+                self._metrics.audio_in.inc()
+            return
+        self._frame_index[index] += 1
+        if self._bot_ready:
+            message = VideoIn(self.pc_id, source, codec.mimeType, self._frame_index[index], frame.timestamp)
+            self.worker.outbox.send_bounded(lane, VIDEO_QUEUE_FRAMES, message, frame.data)
+            self._metrics.video_in.inc()
 
-    def _stop_readers(self) -> None:
-        for task in [*self._readers.values(), *self._keyframe_requests]:
+    def _stop_forwarding(self) -> None:
+        for task in self._keyframe_requests:
             task.cancel()
-        self._readers.clear()
         self._keyframe_requests.clear()
         self.worker.outbox.mailbox.discard_lanes(lambda lane: isinstance(lane, tuple) and lane[0] == self.pc_id)
 
@@ -707,7 +701,7 @@ class PeerActor:
     def _move_to(self, worker: WorkerHandle) -> None:
         """Start a fresh bot on ``worker``; it connects as the first one did."""
         lost = self.worker
-        self._stop_readers()
+        self._stop_forwarding()
         self.worker = worker
         self.log = logger.bind(pc_id=self.pc_id, worker_id=worker.worker_id)
         self._bot_ready = False
@@ -725,7 +719,7 @@ class PeerActor:
     # ---- the end ----
 
     async def _close_pc(self) -> None:
-        self._stop_readers()
+        self._stop_forwarding()
         pc, self._pc = self._pc, None
         self._channel = None
         if pc is not None:

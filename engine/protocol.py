@@ -2,10 +2,11 @@
 
 Each message is a msgspec ``Struct`` tagged with its class name and encoded
 with msgpack as the first frame of a ZeroMQ multipart message. Media rides in
-the frames after it, untouched (``AudioIn``: one frame of packed s16 PCM;
-``VideoIn``: one frame per plane; ``AudioOut`` and ``VideoOut``: the
-encoded packet), so neither side copies pixels or samples to frame them. The
-worker encodes the bot's media; the engine only packetizes it.
+the frame after it, untouched and encoded: the engine hands the worker each
+complete frame its receivers reassemble (``AudioIn``, ``VideoIn``) and the
+worker hands back the bot's encoded packets (``AudioOut``, ``VideoOut``). The
+worker decodes and encodes; the engine only depacketizes and packetizes, and
+a frame is a few kilobytes on the link, never raw pixels.
 
 Sessions are addressed by ``session_id``, which is the peer's ``pc_id``.
 """
@@ -29,9 +30,10 @@ SOURCE_BY_RECEIVER = {
     VIDEO_TRANSCEIVER_INDEX: CAM_VIDEO_SOURCE,
     SCREEN_VIDEO_TRANSCEIVER_INDEX: SCREEN_VIDEO_SOURCE,
 }
-# Encoded bot video a queue holds (about 130 ms at 30 fps), on either side of
-# the link, before frames are dropped and the engine waits for a keyframe.
-VIDEO_OUT_QUEUE_FRAMES = 4
+# Encoded video a queue holds (about 130 ms at 30 fps), on either side of the
+# link and either way, before frames are dropped and the receiving side waits
+# for a keyframe (engine.keyframes).
+VIDEO_QUEUE_FRAMES = 4
 
 
 class WorkerRegister(msgspec.Struct, tag=True, frozen=True):
@@ -126,14 +128,18 @@ class PeerRenegotiate(msgspec.Struct, tag=True, frozen=True):
 
 
 class MediaCaptureSet(msgspec.Struct, tag=True, frozen=True):
-    """Worker to engine: forward this source's frames: all (None), none (0), or at most ``max_fps``.
-
-    A source nobody captures is not even decoded.
-    """
+    """Worker to engine: forward this source's frames, or stop (a source nobody captures is not even received)."""
 
     session_id: str
     source: str
-    max_fps: float | None
+    enabled: bool
+
+
+class PeerKeyframeRequest(msgspec.Struct, tag=True, frozen=True):
+    """Worker to engine: a peer video source cannot be decoded (a start, a gap, an error); ask the peer for a keyframe."""
+
+    session_id: str
+    source: str
 
 
 class AudioOutClear(msgspec.Struct, tag=True, frozen=True):
@@ -172,24 +178,25 @@ class VideoBitrateSet(msgspec.Struct, tag=True, frozen=True):
 
 
 class AudioIn(msgspec.Struct, tag=True, frozen=True):
-    """Engine to worker: decoded peer audio; packed s16 PCM follows in one frame."""
+    """Engine to worker: one encoded frame of peer audio (usually 20 ms of Opus); it follows in one frame."""
 
     session_id: str
-    sample_rate: int
-    num_channels: int
-    pts: int | None = None
+    mime_type: str
+    pts: int
 
 
 class VideoIn(msgspec.Struct, tag=True, frozen=True):
-    """Engine to worker: a decoded peer video frame; its planes follow, one frame each."""
+    """Engine to worker: one complete encoded frame of a peer video source; its bitstream follows in one frame.
+
+    ``index`` counts the source's frames, so a gap (a dropped frame, or a
+    stream that resumed mid-way) shows and the worker waits for a keyframe.
+    """
 
     session_id: str
     source: str
-    format: str
-    width: int
-    height: int
-    line_sizes: list[int]
-    pts: int | None = None
+    mime_type: str
+    index: int
+    pts: int
 
 
 class AudioOut(msgspec.Struct, tag=True, frozen=True):
@@ -233,6 +240,7 @@ Message = (
     | AppMessageOut
     | PeerRenegotiate
     | MediaCaptureSet
+    | PeerKeyframeRequest
     | AudioOutClear
     | OutputOpen
     | OutputCodecSet

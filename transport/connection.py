@@ -9,11 +9,16 @@ turns them into messages of ``engine.protocol``.
 import asyncio
 import json
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
+
+import av
 
 from loguru import logger
 from pipecat.utils.base_object import BaseObject
 
+from engine.keyframes import KeyframeGate
 from engine.link import Outbox
 from engine.mailbox import Mailbox
 from engine.protocol import (
@@ -21,7 +26,7 @@ from engine.protocol import (
     MIC_AUDIO_SOURCE,
     SCREEN_VIDEO_TRANSCEIVER_INDEX,
     SOURCE_BY_RECEIVER,
-    VIDEO_OUT_QUEUE_FRAMES,
+    VIDEO_QUEUE_FRAMES,
     VIDEO_TRANSCEIVER_INDEX,
     AppMessageOut,
     AudioIn,
@@ -29,6 +34,7 @@ from engine.protocol import (
     AudioOutClear,
     MediaCaptureSet,
     OutputOpen,
+    PeerKeyframeRequest,
     PeerRenegotiate,
     PeerState,
     SessionClose,
@@ -41,8 +47,10 @@ from workers.media import (
     OPUS_SAMPLE_RATE,
     VIDEO_TIME_BASE,
     AudioFramer,
+    MediaDecoder,
     OpusEncoder,
     VideoEncoder,
+    is_keyframe,
     rgb_to_i420,
 )
 
@@ -55,38 +63,74 @@ AUDIO_OUT_WINDOW_MS = 40
 
 
 class InputTrack:
-    """One of the peer's tracks as the worker receives it: a bounded queue of what the engine sent.
+    """One of the peer's sources as the worker receives it: encoded frames from the engine, decoded here.
 
-    Audio keeps the newest ``AUDIO_IN_FRAMES`` frames; video only the newest frame.
+    Audio is decoded as it arrives (tens of microseconds a frame) and keeps the
+    newest ``AUDIO_IN_FRAMES`` frames. Video waits, at most
+    ``VIDEO_QUEUE_FRAMES`` encoded frames, for its decoder, which runs off the
+    event loop and never skips a frame: one lost on the way, or one that does
+    not decode, costs a keyframe (``KeyframeGate``). The bot reads only the
+    newest decoded picture.
     """
 
-    def __init__(self, kind: str, source: str):
+    def __init__(self, kind: str, source: str, request_keyframe: Callable[[], None]):
         """Initialize the track.
 
         Args:
             kind: "audio" or "video".
             source: "microphone", "camera" or "screenVideo".
+            request_keyframe: Asks the engine to ask the peer for a keyframe of this source.
         """
         self.kind = kind
         self.source = source
-        self._media: Mailbox[tuple[AudioIn | VideoIn, list]] = Mailbox(f"{source} in")
+        self._decoder = MediaDecoder()
+        self._decoded: Mailbox[av.AudioFrame | av.VideoFrame] = Mailbox(f"{source} in")
+        self._encoded: Mailbox[tuple[VideoIn, bytes]] = Mailbox(f"{source} encoded")
+        self._gate = KeyframeGate(request_keyframe)
+        self._decoding: asyncio.Task | None = None
+        self._undecodable_warned = False
         self._enabled = True
 
     @property
     def dropped(self) -> int:
-        """Frames dropped because the bot read too slowly."""
-        return self._media.dropped_total
+        """Frames dropped because the bot or the decoder fell behind, or they waited for a keyframe."""
+        return self._decoded.dropped_total + self._encoded.dropped_total + self._gate.dropped_frames
 
     def deliver(self, message: AudioIn | VideoIn, payload: list) -> None:
-        """Take a frame from the engine, dropping by the track's policy."""
+        """Take an encoded frame from the engine, dropping by the track's policy."""
+        data = payload[0].bytes
         if self.kind == "audio":
-            self._media.put_bounded(self.source, (message, payload), AUDIO_IN_FRAMES)
-        else:
-            self._media.put_latest(self.source, (message, payload))
+            for frame in self._decode(message.mime_type, data, message.pts) or ():
+                self._decoded.put_bounded(self.source, frame, AUDIO_IN_FRAMES)
+            return
+        self._encoded.put_bounded(self.source, (message, data), VIDEO_QUEUE_FRAMES)
+        if self._decoding is None:
+            self._decoding = asyncio.create_task(self._decode_video())
 
-    async def recv(self) -> tuple[AudioIn | VideoIn, list]:
-        """The next frame: its header and its payload buffers."""
-        return await self._media.get()
+    def _decode(self, mime_type: str, data: bytes, pts: int) -> list | None:
+        """The decoded frames, or None (logged once) if the frame does not decode."""
+        try:
+            return self._decoder.decode(mime_type, data, pts)
+        except (ValueError, av.FFmpegError) as e:
+            if not self._undecodable_warned:
+                self._undecodable_warned = True
+                logger.warning(f"{self.source}: dropping a frame that does not decode ({mime_type}): {e}")
+            return None
+
+    async def _decode_video(self) -> None:
+        while True:
+            message, data = await self._encoded.get()
+            if not self._gate.admit(message.index, is_keyframe(message.mime_type, data)):
+                continue
+            frames = await asyncio.to_thread(self._decode, message.mime_type, data, message.pts)
+            if frames is None:
+                self._gate.break_stream()
+            for frame in frames or ():
+                self._decoded.put_latest(self.source, frame)
+
+    async def recv(self) -> av.AudioFrame | av.VideoFrame:
+        """The next decoded frame."""
+        return await self._decoded.get()
 
     def set_enabled(self, enabled: bool) -> None:
         """Record whether the peer sends this source (``trackStatus``)."""
@@ -98,8 +142,13 @@ class InputTrack:
 
     async def discard_old_frames(self) -> None:
         """Drop the frames waiting to be read."""
-        while self._media.get_nowait() is not None:
+        while self._decoded.get_nowait() is not None:
             pass
+
+    def close(self) -> None:
+        """Stop decoding."""
+        if self._decoding is not None:
+            self._decoding.cancel()
 
 
 class VideoOutput:
@@ -175,7 +224,7 @@ class VideoOutput:
             if data:
                 index += 1
                 self._outbox.send_bounded(
-                    (self._pc_id, "video-out"), VIDEO_OUT_QUEUE_FRAMES, VideoOut(self._pc_id, index, is_keyframe), data
+                    (self._pc_id, "video-out"), VIDEO_QUEUE_FRAMES, VideoOut(self._pc_id, index, is_keyframe), data
                 )
 
 
@@ -205,7 +254,11 @@ class SmallWebRTCConnection(BaseObject):
         self._state: PeerState = "new"
         self._closed = False
         self._tracks = {
-            index: InputTrack("audio" if source == MIC_AUDIO_SOURCE else "video", source)
+            index: InputTrack(
+                "audio" if source == MIC_AUDIO_SOURCE else "video",
+                source,
+                partial(outbox.send, PeerKeyframeRequest(pc_id, source)),
+            )
             for index, source in SOURCE_BY_RECEIVER.items()
         }
         self._audio_seq = 0
@@ -246,9 +299,9 @@ class SmallWebRTCConnection(BaseObject):
         """
         self._outbox.send(AppMessageOut(self._pc_id, json.dumps(message)))
 
-    def capture(self, source: str, max_fps: float | None) -> None:
-        """Have the engine forward a source: every frame (None), nothing (0), or at most ``max_fps``."""
-        self._outbox.send(MediaCaptureSet(self._pc_id, source, max_fps))
+    def capture(self, source: str, enabled: bool) -> None:
+        """Have the engine forward a source's frames, or stop."""
+        self._outbox.send(MediaCaptureSet(self._pc_id, source, enabled))
 
     def clear_audio_out(self) -> None:
         """Drop the bot audio the engine has not encoded yet (an interruption)."""
@@ -267,6 +320,8 @@ class SmallWebRTCConnection(BaseObject):
     def end(self, reason: str) -> None:
         """Mark the session over, telling the engine unless it is the one that ended it."""
         self._video_out.close()
+        for track in self._tracks.values():
+            track.close()
         if not self._closed:
             self._closed = True
             self._audio_acked_event.set()

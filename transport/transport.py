@@ -2,15 +2,16 @@
 
 The classes keep Pipecat's names, signatures and events. The input and output
 processors are Pipecat's own; ``SmallWebRTCClient`` is where this host differs:
-it reads the peer's media from the engine over the IPC, converts it here in
-the worker (colours with OpenCV, audio resampled and cut into exact frames),
-and sends the bot's media back as I420 video and 20 ms audio frames.
+it reads the peer's encoded media from the engine over the IPC, decodes and
+converts it here in the worker (colours with OpenCV, audio resampled and cut
+into exact frames), and encodes the bot's media for the engine to send.
 """
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import av
 from loguru import logger
 from pipecat.frames.frames import (
     ClientConnectedFrame,
@@ -44,9 +45,6 @@ NO_MEDIA_WARNING_S = 2.0
 AUDIO_IN_FRAME_MS = 20
 # SmallWebRTC has one peer, so Pipecat keeps all its video samplers under one id.
 _PEER_ID = pipecat_smallwebrtc._PEER_ID
-# The engine forwards this much more than a sampler's framerate, so arrival
-# jitter never makes the sampler miss a frame it wanted.
-ENGINE_FPS_HEADROOM = 1.5
 
 
 async def _ignore_track_status(source: str, enabled: bool) -> None:
@@ -149,32 +147,33 @@ class SmallWebRTCClient:
                     )
 
     async def read_raw_video(self, video_source: str):
-        """Yield the peer's video frames of a source as the engine sent them, unconverted.
+        """Yield the peer's decoded video frames of a source, not yet converted to RGB.
 
         Args:
             video_source: "camera" or "screenVideo".
 
         Yields:
-            ``(VideoIn header, plane buffers)`` pairs.
+            ``av.VideoFrame`` objects, as the decoder produced them.
         """
         while True:
             yield await self._next(lambda: self._video_track(video_source))
 
-    def to_image_frame(self, header, planes: list, video_source: str) -> UserImageRawFrame | None:
-        """Convert a raw frame to RGB as a ``UserImageRawFrame``, or None if it cannot be."""
+    def to_image_frame(self, frame: av.VideoFrame, video_source: str) -> UserImageRawFrame | None:
+        """Convert a decoded frame to RGB as a ``UserImageRawFrame``, or None if it cannot be."""
+        planes = frame.planes
         try:
-            rgb = planes_to_rgb(header.format, header.width, header.height, [p.buffer for p in planes], header.line_sizes)
+            rgb = planes_to_rgb(frame.format.name, frame.width, frame.height, planes, [p.line_size for p in planes])
         except ValueError as e:
             logger.warning(f"{self._webrtc_connection.pc_id}: dropping a {video_source} frame: {e}")
             return None
         image_frame = UserImageRawFrame(
             user_id=self._webrtc_connection.pc_id,
             image=rgb.tobytes(),
-            size=(header.width, header.height),
+            size=(frame.width, frame.height),
             format="RGB",
         )
         image_frame.transport_source = video_source
-        image_frame.pts = header.pts
+        image_frame.pts = frame.pts
         return image_frame
 
     async def read_video_frame(self, video_source: str):
@@ -189,8 +188,8 @@ class SmallWebRTCClient:
         Yields:
             UserImageRawFrame objects containing video data from the peer.
         """
-        async for header, planes in self.read_raw_video(video_source):
-            image_frame = self.to_image_frame(header, planes, video_source)
+        async for frame in self.read_raw_video(video_source):
+            image_frame = self.to_image_frame(frame, video_source)
             if image_frame is not None:
                 yield image_frame
 
@@ -204,18 +203,20 @@ class SmallWebRTCClient:
             InputAudioRawFrame objects containing audio data from the peer.
         """
         framer = AudioFramer(self._in_sample_rate, self._audio_in_channels, AUDIO_IN_FRAME_MS)
-        self._webrtc_connection.capture(MIC_AUDIO_SOURCE, None)
+        self._webrtc_connection.capture(MIC_AUDIO_SOURCE, True)
         try:
             while True:
-                header, payload = await self._next(lambda: self._audio_input_track)
-                for chunk in framer.push(payload[0].buffer, header.sample_rate, header.num_channels):
+                frame = await self._next(lambda: self._audio_input_track)
+                channels = len(frame.layout.channels)
+                pcm = memoryview(frame.planes[0])[: frame.samples * channels * 2]  # packed s16
+                for chunk in framer.push(pcm, frame.sample_rate, channels):
                     audio_frame = InputAudioRawFrame(
                         audio=chunk, sample_rate=self._in_sample_rate, num_channels=self._audio_in_channels
                     )
-                    audio_frame.pts = header.pts
+                    audio_frame.pts = frame.pts
                     yield audio_frame
         finally:
-            self._webrtc_connection.capture(MIC_AUDIO_SOURCE, 0)
+            self._webrtc_connection.capture(MIC_AUDIO_SOURCE, False)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         """Write an audio frame to the WebRTC connection.
@@ -354,8 +355,8 @@ class SmallWebRTCInputTransport(pipecat_smallwebrtc.SmallWebRTCInputTransport):
     Handles incoming audio and video streams from WebRTC peers, including user
     image requests and application message handling. Pipecat's own processor,
     reading through this host's ``SmallWebRTCClient``, with one difference a
-    bot cannot see: video is sampled before it is converted, and the engine
-    only forwards as many frames as the samplers can use.
+    bot cannot see: video is sampled before it is converted, so only the
+    frames the samplers pass cost a conversion to RGB.
     """
 
     def __init__(self, client: SmallWebRTCClient, params: TransportParams, **kwargs):
@@ -372,16 +373,10 @@ class SmallWebRTCInputTransport(pipecat_smallwebrtc.SmallWebRTCInputTransport):
         return self._video_samplers._samplers.get((_PEER_ID, video_source))
 
     def _update_engine_capture(self, video_source: str) -> None:
-        """Tell the engine how many frames of a source the sampler can use."""
+        """Tell the engine whether the sampler uses a source's frames (framerate 0 uses only those requested)."""
         sampler = self._sampler(video_source)
-        if sampler is None:
-            max_fps = 0
-        elif sampler.framerate is None or sampler._requests:
-            max_fps = None
-        else:
-            # Headroom so the sampler, not the engine, picks which frames pass.
-            max_fps = sampler.framerate * ENGINE_FPS_HEADROOM
-        self._client._webrtc_connection.capture(video_source, max_fps)
+        wanted = sampler is not None and (sampler.framerate != 0 or bool(sampler._requests))
+        self._client._webrtc_connection.capture(video_source, wanted)
 
     async def capture_participant_media(self, source: str = CAM_VIDEO_SOURCE, framerate: int | None = None):
         """Capture media from a specific participant.
@@ -425,13 +420,13 @@ class SmallWebRTCInputTransport(pipecat_smallwebrtc.SmallWebRTCInputTransport):
 
     async def _receive_video(self, video_source: str):
         try:
-            async for header, planes in self._client.read_raw_video(video_source):
+            async for frame in self._client.read_raw_video(video_source):
                 due, request_frame = self._video_samplers.sample(_PEER_ID, video_source)
                 if request_frame and not self._sampler(video_source)._requests:
                     self._update_engine_capture(video_source)
                 if not due:
                     continue
-                video_frame = self._client.to_image_frame(header, planes, video_source)
+                video_frame = self._client.to_image_frame(frame, video_source)
                 if video_frame is None:
                     continue
                 if request_frame:

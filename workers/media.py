@@ -1,10 +1,12 @@
-"""Raw media conversions between the engine's wire format and a Pipecat bot.
+"""Media work between the engine's wire format and a Pipecat bot: codecs and conversions.
 
-The engine ships decoded video planes exactly as PyAV holds them (padded rows)
-and packed s16 audio at whatever rate and layout aiortc decoded. The bot wants
-packed RGB images and audio in exact chunks at its own rate and channel count;
-on the way back it produces RGB(A) images, which the worker encodes for the
-peer's codec so the engine only packetizes them.
+The engine ships the peer's media as the encoded frames its receivers
+reassemble; the worker decodes them (``MediaDecoder``, aiortc's own decoders)
+into PyAV frames (padded video planes, packed s16 audio at the codec's rate and
+layout). The bot wants packed RGB images and audio in exact chunks at its own
+rate and channel count; on the way back it produces RGB(A) images and PCM,
+which the worker encodes for the peer's codecs so the engine only packetizes
+them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import TYPE_CHECKING
 import av
 import cv2
 import numpy as np
-from aiortc.codecs import h264, vpx
+from aiortc.codecs import get_decoder, h264, vpx
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 # One conversion at a time per worker: the workers are the parallelism, and
 # OpenCV's own thread pool only spins against them (measured: a third of a
@@ -185,6 +189,51 @@ def rgb_to_i420(
     if width % 2 or height % 2:
         pixels = cv2.copyMakeBorder(pixels, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
     return cv2.cvtColor(pixels, code)
+
+
+class MediaDecoder:
+    """Decodes one of the peer's sources with aiortc's decoder for its negotiated codec.
+
+    The decoder is replaced when the codec changes (a renegotiation), as aiortc's
+    receiver does. One thread at a time per decoder.
+    """
+
+    def __init__(self):
+        """Initialize the decoder (it opens on the first frame)."""
+        self._mime_type: str | None = None
+        self._decoder = None
+
+    def decode(self, mime_type: str, data: bytes, pts: int) -> list[av.AudioFrame] | list[av.VideoFrame]:
+        """Decode one encoded frame.
+
+        Args:
+            mime_type: The codec, e.g. ``"audio/opus"`` or ``"video/VP8"``.
+            data: The frame as the receiver reassembled it.
+            pts: Its RTP timestamp (the frames' ``pts``, in the codec's clock).
+
+        Returns:
+            The decoded frames (possibly none).
+
+        Raises:
+            ValueError: If there is no decoder for ``mime_type``.
+            av.FFmpegError: If the frame does not decode.
+        """
+        if mime_type != self._mime_type:
+            self._decoder = get_decoder(RTCRtpCodecParameters(mimeType=mime_type, clockRate=0))
+            self._mime_type = mime_type
+        return self._decoder.decode(JitterFrame(data, pts))
+
+
+def is_keyframe(mime_type: str, data: bytes) -> bool:
+    """Whether an encoded video frame decodes on its own (VP8 and H264; another codec: no)."""
+    match mime_type.lower():
+        case "video/vp8":
+            # RFC 6386 9.1: bit 0 of the frame tag is 0 for a key frame.
+            return len(data) > 0 and data[0] & 0x01 == 0
+        case "video/h264":
+            # Annex B, as aiortc reassembles it: an IDR slice (5) or the SPS (7) that starts one.
+            return any(nal and nal[0] & 0x1F in (5, 7) for nal in data.split(b"\x00\x00\x01"))
+    return False
 
 
 VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)

@@ -2,14 +2,13 @@
 
 The "engine" side (this process) binds :func:`engine.link.bind_router` and
 sends as the engine does: peer media wrapped in ``engine.protocol`` messages
-(``AudioIn``: 20 ms of 48 kHz stereo s16 from an ``av.AudioFrame``'s plane;
-``VideoIn``: the three planes of a 640x480 yuv420p ``av.VideoFrame``), queued in
-an :class:`engine.link.Outbox` lane and sent by its pump through
-:func:`engine.link.send_to_worker`. The "worker" (a subprocess) connects
-:func:`engine.link.connect_dealer`, decodes each header and answers as a bot
-would: ``AudioOut`` + 20 ms of mono PCM, ``VideoOut`` + one 640x480 I420 frame,
-through its own Outbox pump. Nothing is converted on either side: this is the
-cost of the hop, not of the media work.
+(``AudioIn``: one 20 ms Opus packet; ``VideoIn``: one encoded 640x480 VP8
+frame, both from the benchmark's clip), queued in an :class:`engine.link.Outbox`
+lane and sent by its pump through :func:`engine.link.send_to_worker`. The
+"worker" (a subprocess) connects :func:`engine.link.connect_dealer`, decodes
+each header and answers as a bot would, with the same encoded payload
+(``AudioOut``, ``VideoOut``), through its own Outbox pump. Nothing is decoded
+or encoded on either side: this is the cost of the hop, not of the media work.
 
 Figures: round trip (engine -> worker -> engine) p50/p99 with one message in
 flight, then throughput with ``--window`` messages in flight, and the CPU each
@@ -39,6 +38,7 @@ import zmq.asyncio
 from engine.link import Outbox, bind_router, connect_dealer, send_to_worker
 from engine.protocol import AudioIn, AudioOut, VideoIn, VideoOut, WorkerRegister, decode, encode
 from tests.bench import procstat
+from tests.bench.media import load_clip
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSION = "bench-session-0123456789abcdef0123456789abcdef"
@@ -54,9 +54,6 @@ async def worker_main(endpoint: str, direct: bool) -> None:
     outbox = Outbox("to engine")
     pump = asyncio.create_task(outbox.pump(lambda parts: dealer.send_multipart(parts, copy=False)))
     outbox.send(WorkerRegister("bench-worker", os.getpid(), "localhost", 1))
-    audio_out = np.zeros(960, np.int16)  # 20 ms mono at 48 kHz, what the echo bot sends back
-    # The worker sends encoded video; a frame the size of raw I420 bounds the hop from above.
-    video_out = np.zeros((HEIGHT * 3 // 2, WIDTH), np.uint8)
     seq = 0
 
     async def send_direct(message, payload) -> None:
@@ -69,9 +66,9 @@ async def worker_main(endpoint: str, direct: bool) -> None:
             message = decode(parts[0].buffer)
             if isinstance(message, AudioIn):
                 seq += 1
-                reply, payload = AudioOut(message.session_id, seq), audio_out
+                reply, payload = AudioOut(message.session_id, seq), parts[1]
             elif isinstance(message, VideoIn):
-                reply, payload = VideoOut(message.session_id, seq, True), video_out
+                reply, payload = VideoOut(message.session_id, seq, False), parts[1]
             else:
                 break
             if send is None:
@@ -110,19 +107,15 @@ class EngineSide:
             self.completed += 1
             self.replied.set()
 
-    def send(self, kind: str, pts: int, audio_frame, video_frame) -> None:
+    def send(self, kind: str, index: int, data: bytes) -> None:
         self.pending.append(time.perf_counter())
         if kind == "audio":
-            size = audio_frame.samples * len(audio_frame.layout.channels) * 2
-            message = AudioIn(SESSION, audio_frame.sample_rate, len(audio_frame.layout.channels), pts)
-            payload = [memoryview(audio_frame.planes[0])[:size]]
+            message = AudioIn(SESSION, "audio/opus", index * 960)
             lane = (SESSION, "microphone")
         else:
-            planes = video_frame.planes
-            message = VideoIn(SESSION, "camera", video_frame.format.name, video_frame.width, video_frame.height,
-                              [p.line_size for p in planes], pts)
-            payload = list(planes)
+            message = VideoIn(SESSION, "camera", "video/VP8", index, index * 3000)
             lane = (SESSION, "camera")
+        payload = [data]
         if self.direct:
             # Straight to the socket, no mailbox and pump in between.
             asyncio.ensure_future(send_to_worker(self.router, self.identity, [encode(message), *payload]))
@@ -147,20 +140,14 @@ def _stats(rtts: list[float]) -> dict:
 
 
 async def bench_kind(side: EngineSide, kind: str, worker_pid: int, count: int, seconds: float, window: int) -> dict:
-    import av
-
-    audio_frame = av.AudioFrame(format="s16", layout="stereo", samples=960)
-    audio_frame.sample_rate = 48000
-    for plane in audio_frame.planes:
-        plane.update(bytes(plane.buffer_size))
-    video_frame = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
-    payload_in = (960 * 2 * 2) if kind == "audio" else sum(p.buffer_size for p in video_frame.planes)
-    payload_out = (960 * 2) if kind == "audio" else WIDTH * HEIGHT * 3 // 2
+    clip = load_clip(WIDTH, HEIGHT)
+    data = clip.audio[1] if kind == "audio" else clip.video[1]
+    payload_in = payload_out = len(data)
 
     async def ping_pong(n: int) -> None:
         for i in range(n):
             side.replied.clear()
-            side.send(kind, i, audio_frame, video_frame)
+            side.send(kind, i, data)
             while side.pending:
                 await side.replied.wait()
                 side.replied.clear()
@@ -180,7 +167,7 @@ async def bench_kind(side: EngineSide, kind: str, worker_pid: int, count: int, s
     sent = 0
     while time.perf_counter() < deadline:
         while len(side.pending) < window:
-            side.send(kind, sent, audio_frame, video_frame)
+            side.send(kind, sent, data)
             sent += 1
         side.replied.clear()
         await side.replied.wait()

@@ -22,7 +22,7 @@ AREAS = [
     ("RTP receive: rest", "RTCRtpReceiver._handle_rtp_packet"),
     ("RTP/RTCP demux (RTCDtlsTransport.__run)", "RTCDtlsTransport.__run"),
     ("decoded frames handed back (run_coroutine_threadsafe)", "run_coroutine_threadsafe.<locals>.callback"),
-    ("PeerActor._read (decoded frame -> AudioIn/VideoIn)", "PeerActor._read"),
+    ("PeerActor._hand_on (encoded frame -> AudioIn/VideoIn)", "PeerActor._hand_on"),
     ("PeerActor.run (worker messages, acks, ticks)", "PeerActor.run"),
     ("IPC send: Outbox.pump -> zmq", "Outbox.pump"),
     ("IPC receive: Engine._receive", "Engine._receive"),

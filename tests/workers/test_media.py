@@ -3,7 +3,16 @@ import cv2
 import numpy as np
 import pytest
 
-from workers.media import FORMAT_CONVERSIONS, AudioFramer, OpusEncoder, VideoEncoder, planes_to_rgb, rgb_to_i420
+from workers.media import (
+    FORMAT_CONVERSIONS,
+    AudioFramer,
+    MediaDecoder,
+    OpusEncoder,
+    VideoEncoder,
+    is_keyframe,
+    planes_to_rgb,
+    rgb_to_i420,
+)
 
 BAR_COLOURS = [
     (255, 255, 255),
@@ -445,3 +454,30 @@ def test_opus_encoder_one_packet_per_20ms_that_decodes_to_the_tone():
 def test_opus_encoder_rejects_a_partial_frame():
     with pytest.raises(ValueError, match="20 ms"):
         OpusEncoder().encode(bytes(100))
+
+
+@pytest.mark.parametrize("mime_type", ["video/VP8", "video/H264"])
+def test_media_decoder_decodes_what_the_encoder_made_and_keyframes_show(mime_type):
+    encoder, decoder = VideoEncoder(mime_type), MediaDecoder()
+    encoded = [encoder.encode(_bars_i420(), index * 3000, keyframe=index == 3) for index in range(5)]
+    assert [is_keyframe(mime_type, data) for data, _ in encoded] == [keyframe for _, keyframe in encoded]
+    assert [keyframe for _, keyframe in encoded] == [True, False, False, True, False]
+    frames = [frame for index, (data, _) in enumerate(encoded) for frame in decoder.decode(mime_type, data, index * 3000)]
+    rgb = planes_to_rgb(
+        frames[-1].format.name, frames[-1].width, frames[-1].height, frames[-1].planes, [p.line_size for p in frames[-1].planes]
+    )
+    assert np.abs(rgb.astype(int) - ENCODED_BARS).mean() < 6
+    assert frames[-1].pts == 4 * 3000
+
+
+def test_media_decoder_decodes_opus_and_refuses_an_unknown_codec():
+    decoder = MediaDecoder()
+    frames = decoder.decode("audio/opus", OpusEncoder().encode(bytes(1920)), 960)
+    assert (frames[0].sample_rate, frames[0].samples, frames[0].format.name) == (48000, 960, "s16")
+    with pytest.raises(ValueError):
+        decoder.decode("video/AV1", b"\x00", 0)
+
+
+def test_keyframe_detection_of_unknown_or_empty_frames():
+    assert not is_keyframe("video/VP8", b"")
+    assert not is_keyframe("video/AV1", b"\x00")
