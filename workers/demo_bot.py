@@ -107,7 +107,7 @@ async def bot(runner_args):
             audio_in_enabled=True,
             audio_out_enabled=True,
             video_in_enabled=video,
-            video_in_sources={"camera": VideoInSourceParams(framerate=30)},
+            video_in_sources={"camera": VideoInSourceParams(framerate=30)} if video else {},
             video_out_enabled=video,
             video_out_is_live=True,
             video_out_width=size[0],

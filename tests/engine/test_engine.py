@@ -61,6 +61,14 @@ async def test_echo_round_trip(host):
         assert info["worker_id"] in host.worker_pids()
 
 
+async def test_a_voice_bot_echoes_audio_and_sends_no_video(host):
+    async with TestPeer(host.base_url) as peer:
+        await peer.connect(request_data={"video": False})
+        audio = await peer.wait_for_audio(1.0)
+        assert abs(dominant_frequency(audio, 48000) - 440.0) < 5.0
+        assert peer.video_frame_count == 0
+
+
 async def test_client_leaving_ends_the_bot(host):
     peer = TestPeer(host.base_url)
     await peer.connect(request_data=SMALL_VIDEO)
