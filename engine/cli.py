@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 
+import httpx
 import uvicorn
 import uvloop
 import zmq.auth
@@ -17,7 +18,8 @@ from engine.engine import Engine
 from engine.ice import PortRangeLoop, parse_port_range
 from engine.settings import HostSettings, load_settings
 from engine.signaling import create_app
-from engine.supervisor import LocalWorkers
+from engine.shards import FORWARD_TIMEOUT_S, EngineShards, create_front_app
+from engine.supervisor import WORKER_STOP_GRACE_S, LocalWorkers
 
 
 def configure_logging(settings: HostSettings) -> None:
@@ -77,6 +79,47 @@ async def serve(settings: HostSettings, config_file: str | None = None) -> None:
         logger.info("smallwebrtc-host stopped")
 
 
+async def serve_engines(settings: HostSettings, config_file: str | None = None) -> None:
+    """Run ``settings.engines`` engines, each with its share of the local workers, behind one HTTP address."""
+    client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S)
+    shards = EngineShards(settings, config_file)
+    server = _Server(
+        uvicorn.Config(
+            create_front_app(shards, client), host=settings.host, port=settings.port,
+            log_level=settings.log_level.lower(), loop="none", lifespan="off",
+        )
+    )
+    signals = 0
+
+    def on_signal():
+        # Each engine drains on the first signal and stops at once on the second, as one engine does.
+        nonlocal signals
+        signals += 1
+        shards.signal_all(signal.SIGTERM)
+        if signals > 1:
+            server.should_exit = True
+
+    def all_ended():
+        server.should_exit = True
+
+    shards.on_all_ended = all_ended
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await shards.start(client)
+        print(
+            f"smallwebrtc-host: http://{settings.host}:{settings.port}/ ({settings.engines} engines, "
+            f"{settings.worker_count} workers)",
+            flush=True,
+        )
+        await server.serve()
+    finally:
+        await shards.stop(grace_s=WORKER_STOP_GRACE_S + 5)
+        await client.aclose()
+        logger.info("smallwebrtc-host stopped")
+
+
 def _settings_from(args: argparse.Namespace, **flags) -> HostSettings:
     try:
         return load_settings(args.config, **flags)
@@ -101,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
     serve_cmd.add_argument("--workers", type=int, help="local workers (-1: one per core, 0: none)")
+    serve_cmd.add_argument("--engines", type=int, help="engine processes sharing the peers and the workers")
     serve_cmd.add_argument("--bot", help="the bot, as package.module:function")
     serve_cmd.add_argument("--config", help="a TOML configuration file (default: config/host.toml)")
     serve_cmd.add_argument("--ice-host-addresses", help="comma-separated addresses to gather host candidates on")
@@ -128,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "serve":
         settings = _settings_from(
-            args, host=args.host, port=args.port, workers=args.workers, bot=args.bot,
+            args, host=args.host, port=args.port, workers=args.workers, engines=args.engines, bot=args.bot,
             ice_host_addresses=args.ice_host_addresses, ice_servers=args.ice_servers,
             engine_endpoint=args.engine_endpoint, log_level=args.log_level,
             connection_mode=args.connection_mode, esp32=args.esp32,
@@ -137,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
         configure_logging(settings)
         PortRangeLoop.port_range = parse_port_range(settings.ice_udp_port_range)
         try:
-            uvloop.run(serve(settings, args.config), loop_factory=PortRangeLoop)
+            run = serve if settings.engines == 1 else serve_engines
+            uvloop.run(run(settings, args.config), loop_factory=PortRangeLoop)
+            # Everything has stopped: a late second stop signal must not turn a clean exit into a kill.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         except ValueError as e:
             sys.exit(f"smallwebrtc-host: invalid configuration: {e}")
     elif args.command == "keys":

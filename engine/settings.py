@@ -42,6 +42,7 @@ class HostSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=0, le=65535)
     workers: int = Field(-1, ge=-1)
+    engines: int = Field(1, ge=1)
     worker_capacity: int = Field(4, ge=1)
     bot: str = "workers.demo_bot:bot"
     engine_endpoint: str = ""
@@ -112,6 +113,15 @@ class HostSettings(BaseSettings):
                 "engine_endpoint: a tcp:// endpoint needs curve_secret_key_file and "
                 "curve_authorized_keys_dir, so only workers with an accepted key can join "
                 "(make keys with 'smallwebrtc-host keys')"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _engines_have_workers(self) -> "HostSettings":
+        if self.engines > 1 and self.worker_count and self.engines > self.worker_count:
+            raise ValueError(
+                f"engines: {self.engines} engines would share {self.worker_count} local workers; "
+                "each engine needs one at least (or workers = 0 for remote workers only)"
             )
         return self
 

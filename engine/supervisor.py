@@ -24,15 +24,53 @@ POLL_S = 0.2
 
 
 @dataclass
-class _Slot:
-    """One local worker's place: its id survives restarts, its process does not."""
+class ProcessSlot:
+    """One supervised process's place (a local worker, an engine shard): its name survives restarts, its process does not."""
 
-    worker_id: str
+    name: str
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     restarts: list[float] = field(default_factory=list)
     delay: float = RESTART_DELAY_FIRST_S
     given_up: bool = False
+
+    def exited(self) -> bool:
+        """Whether its process has ended (and the slot is not given up)."""
+        return not self.given_up and self.process is not None and self.process.returncode is not None
+
+    async def wait_to_restart(self, what: str) -> bool:
+        """After its process ended: wait the restart delay (True), or give the slot up if it crash-loops (False)."""
+        now = time.monotonic()
+        code = self.process.returncode
+        if now - self.started_at > STABLE_AFTER_S:
+            self.delay = RESTART_DELAY_FIRST_S
+        self.restarts = [t for t in self.restarts if now - t < CRASH_LOOP_WINDOW_S] + [now]
+        if len(self.restarts) > CRASH_LOOP_RESTARTS:
+            self.given_up = True
+            logger.error(
+                f"{what} {self.name} exited with code {code} {len(self.restarts)} times within "
+                f"{CRASH_LOOP_WINDOW_S:g} s: it is crash-looping and will not be restarted"
+            )
+            return False
+        logger.warning(f"{what} {self.name} exited with code {code}; restarting it in {self.delay:g} s")
+        self.process = None
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, RESTART_DELAY_MAX_S)
+        return True
+
+
+async def stop_process(process: asyncio.subprocess.Process, grace_s: float) -> None:
+    """Wait ``grace_s`` for a process asked to stop, then terminate it, then kill it."""
+    try:
+        await asyncio.wait_for(process.wait(), grace_s)
+    except TimeoutError:
+        logger.warning(f"pid {process.pid} did not stop in time; terminating it")
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 2.0)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 class LocalWorkers:
@@ -49,7 +87,7 @@ class LocalWorkers:
         self._engine = engine
         self._settings = settings
         self._config_file = config_file
-        self._slots = [_Slot(f"{engine.engine_id}-w{i}") for i in range(settings.worker_count)]
+        self._slots = [ProcessSlot(f"{engine.engine_id}-w{i}") for i in range(settings.worker_count)]
         self._watch_task: asyncio.Task | None = None
 
     def __len__(self) -> int:
@@ -61,12 +99,12 @@ class LocalWorkers:
             await self._spawn(slot)
         self._watch_task = asyncio.create_task(self._watch(), name="local-workers")
 
-    async def _spawn(self, slot: _Slot) -> None:
+    async def _spawn(self, slot: ProcessSlot) -> None:
         config = ["--config", self._config_file] if self._config_file else []
         slot.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engine.cli", "worker",
             "--engine", self._engine.endpoint,
-            "--worker-id", slot.worker_id,
+            "--worker-id", slot.name,
             "--bot", self._settings.bot,
             "--log-level", self._settings.log_level,
             *config,
@@ -74,50 +112,17 @@ class LocalWorkers:
             start_new_session=True,
         )
         slot.started_at = time.monotonic()
-        self._engine.watch_local_worker(slot.worker_id, slot.process)
+        self._engine.watch_local_worker(slot.name, slot.process)
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(POLL_S)
             for slot in self._slots:
-                if slot.given_up or slot.process is None or slot.process.returncode is None:
-                    continue
-                await self._restart(slot)
-
-    async def _restart(self, slot: _Slot) -> None:
-        now = time.monotonic()
-        code = slot.process.returncode
-        if now - slot.started_at > STABLE_AFTER_S:
-            slot.delay = RESTART_DELAY_FIRST_S
-        slot.restarts = [t for t in slot.restarts if now - t < CRASH_LOOP_WINDOW_S] + [now]
-        if len(slot.restarts) > CRASH_LOOP_RESTARTS:
-            slot.given_up = True
-            logger.error(
-                f"worker {slot.worker_id} exited with code {code} {len(slot.restarts)} times within "
-                f"{CRASH_LOOP_WINDOW_S:g} s: it is crash-looping and will not be restarted"
-            )
-            return
-        logger.warning(f"worker {slot.worker_id} exited with code {code}; restarting it in {slot.delay:g} s")
-        slot.process = None
-        await asyncio.sleep(slot.delay)
-        slot.delay = min(slot.delay * 2, RESTART_DELAY_MAX_S)
-        await self._spawn(slot)
+                if slot.exited() and await slot.wait_to_restart("worker"):
+                    await self._spawn(slot)
 
     async def stop(self) -> None:
         """Stop watching, then wait for every worker to leave (terminate, then kill, the late ones)."""
         if self._watch_task is not None:
             self._watch_task.cancel()
-        await asyncio.gather(*(self._stop(slot.process) for slot in self._slots if slot.process))
-
-    @staticmethod
-    async def _stop(process: asyncio.subprocess.Process) -> None:
-        try:
-            await asyncio.wait_for(process.wait(), WORKER_STOP_GRACE_S)
-        except TimeoutError:
-            logger.warning(f"worker pid {process.pid} did not stop in time; terminating it")
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 2.0)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await asyncio.gather(*(stop_process(slot.process, WORKER_STOP_GRACE_S) for slot in self._slots if slot.process))
