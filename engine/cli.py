@@ -36,6 +36,14 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _warn_if_open(settings: HostSettings) -> None:
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
+        logger.warning(
+            f"listening on {settings.host} WITHOUT api_token: anyone who reaches this address can start "
+            "bot sessions. Set api_token (or SMALLWEBRTC_HOST_API_TOKEN) outside local development."
+        )
+
+
 async def serve(settings: HostSettings, config_file: str | None = None) -> None:
     """Run the engine, its HTTP API and ``settings.worker_count`` local workers until signalled."""
     engine = Engine(settings)
@@ -66,11 +74,7 @@ async def serve(settings: HostSettings, config_file: str | None = None) -> None:
         loop.add_signal_handler(sig, on_signal)
     try:
         await workers.start()
-        if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
-            logger.warning(
-                f"listening on {settings.host} WITHOUT api_token: anyone who reaches this address can start "
-                "bot sessions. Set api_token (or SMALLWEBRTC_HOST_API_TOKEN) outside local development."
-            )
+        _warn_if_open(settings)
         print(f"smallwebrtc-host: http://{settings.host}:{settings.port}/ ({len(workers)} workers)", flush=True)
         await server.serve()
     finally:
@@ -82,7 +86,7 @@ async def serve(settings: HostSettings, config_file: str | None = None) -> None:
 async def serve_engines(settings: HostSettings, config_file: str | None = None) -> None:
     """Run ``settings.engines`` engines, each with its share of the local workers, behind one HTTP address."""
     client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S)
-    shards = EngineShards(settings, config_file)
+    shards = EngineShards(settings, config_file, client)
     server = _Server(
         uvicorn.Config(
             create_front_app(shards, client), host=settings.host, port=settings.port,
@@ -107,7 +111,11 @@ async def serve_engines(settings: HostSettings, config_file: str | None = None) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        await shards.start(client)
+        try:
+            await shards.start()
+        except RuntimeError as e:
+            sys.exit(f"smallwebrtc-host: {e}")
+        _warn_if_open(settings)
         print(
             f"smallwebrtc-host: http://{settings.host}:{settings.port}/ ({settings.engines} engines, "
             f"{settings.worker_count} workers)",

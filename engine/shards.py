@@ -95,12 +95,13 @@ class Shard:
 class EngineShards:
     """Runs ``settings.engines`` engine processes, restarts one that crashes, and knows which owns a peer."""
 
-    def __init__(self, settings: HostSettings, config_file: str | None):
+    def __init__(self, settings: HostSettings, config_file: str | None, client: httpx.AsyncClient):
         """Initialize the shards (none runs until ``start``).
 
         Args:
             settings: Host settings; the local workers are shared out among the engines.
             config_file: The configuration file the engines read too.
+            client: The HTTP client that asks an engine whether it is ready.
         """
         count, workers = settings.engines, settings.worker_count
         self.shards = [
@@ -111,18 +112,18 @@ class EngineShards:
             for i in range(count)
         ]
         self._config_file = config_file
+        self._client = client
         self._env = {**os.environ, **settings_environment(settings)}
         self._turn = 0
         self._watch_task: asyncio.Task | None = None
         self.on_all_ended: Callable[[], None] = lambda: None
 
-    async def start(self, client: httpx.AsyncClient) -> None:
+    async def start(self) -> None:
         """Start every engine and wait until each serves and its workers have joined.
 
         Raises:
             RuntimeError: If an engine exits or is not ready within ``ENGINE_START_TIMEOUT_S``.
         """
-        self._client = client
         await asyncio.gather(*(self._spawn(shard) for shard in self.shards))
         self._watch_task = asyncio.create_task(self._watch(), name="engine-shards")
 
@@ -149,6 +150,10 @@ class EngineShards:
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             await asyncio.sleep(0.1)
+        if process.returncode is None:
+            process.kill()  # so the watch sees it ended and applies the restart policy
+            await process.wait()
+            raise RuntimeError(f"{shard.slot.name} was not ready within {ENGINE_START_TIMEOUT_S:g} s")
         raise RuntimeError(f"{shard.slot.name} did not start (exit code {process.returncode})")
 
     async def _watch(self) -> None:
