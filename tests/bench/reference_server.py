@@ -99,10 +99,19 @@ class Echo(FrameProcessor):
 
 
 async def run_bot(
-    connection: SmallWebRTCConnection, width: int, height: int, rtvi: bool = False, video: bool = True
+    connection: SmallWebRTCConnection,
+    width: int,
+    height: int,
+    rtvi: bool = False,
+    video: bool = True,
+    transport_class: type = SmallWebRTCTransport,
 ) -> None:
-    """One bot session on ``connection``, until the peer leaves or the task is cancelled."""
-    transport = SmallWebRTCTransport(
+    """One bot session on ``connection``, until the peer leaves or the task is cancelled.
+
+    ``transport_class`` is Pipecat's ``SmallWebRTCTransport`` here; the host runs
+    the same bot with its own (``tests.bench.echo_bot``).
+    """
+    transport = transport_class(
         webrtc_connection=connection,
         params=TransportParams(
             audio_in_enabled=True,

@@ -5,7 +5,8 @@ One command:
     python -m tests.bench.run --peers 1,2,4 --seconds 20
 
 For each peer count it runs this host (``smallwebrtc-host serve --workers W
---ice-host-addresses 127.0.0.1``, the demo echo bot asked for 640x480) and the
+--ice-host-addresses 127.0.0.1`` running the reference's echo bot with this
+host's transport, ``tests/bench/echo_bot.py``, asked for 640x480) and the
 reference server (``tests/bench/reference_server.py --width 640 --height 480``,
 Pipecat's own SmallWebRTCTransport and the same echo), one after the other,
 each freshly started, with the same load: N aiortc client peers in separate
@@ -85,8 +86,8 @@ class Server:
 class HostServer(Server):
     kind = "host"
 
-    def __init__(self, workers: int, cpus: str | None, env: dict | None = None):
-        self._host = HostProcess(workers, env=env)
+    def __init__(self, workers: int, cpus: str | None, env: dict | None = None, bot: str = "tests.bench.echo_bot:bot"):
+        self._host = HostProcess(workers, "--bot", bot, env=env)
         self._host.start(timeout=60)
         self.url = self._host.base_url
         self.root_pid = self._host.process.pid
@@ -268,7 +269,7 @@ def run_one(kind: str, peers: int, args: argparse.Namespace, log_dir: Path) -> d
     conditions = {**procstat.machine(), "busy_cores_before_start": quiet}
     started = time.monotonic()
     server: Server = (
-        HostServer(args.workers, args.server_cpus, _env_pairs(args.host_env))
+        HostServer(args.workers, args.server_cpus, _env_pairs(args.host_env), args.host_bot)
         if kind == "host"
         else ReferenceServer(640, 480, args.server_cpus, audio_only=args.media == "audio")
     )
@@ -279,6 +280,7 @@ def run_one(kind: str, peers: int, args: argparse.Namespace, log_dir: Path) -> d
     record: dict = {"bench": args.media, "server": kind, "peers": peers, "seconds": args.seconds, "warmup": args.warmup}
     if kind == "host":
         record["workers"] = args.workers
+        record["host_bot"] = args.host_bot
         record["host_env"] = _env_pairs(args.host_env)
     try:
         sizes = _split(peers, args.peers_per_client)
@@ -642,6 +644,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds between every peer having video and the window (default 5)")
     parser.add_argument("--servers", default="host,reference", help="which servers, in order (default host,reference)")
     parser.add_argument("--workers", type=int, default=2, help="the host's --workers (default 2)")
+    parser.add_argument(
+        "--host-bot", default="tests.bench.echo_bot:bot",
+        help="the host's bot (default: the reference's echo with this host's transport; workers.demo_bot:bot for the demo)",
+    )
     parser.add_argument("--peers-per-client", type=int, default=4, help="peers per load-generator process (default 4)")
     parser.add_argument("--stagger", type=float, default=0.3, help="seconds between peer connection starts (default 0.3)")
     parser.add_argument("--server-cpus", help="taskset CPU list for the server's processes (default: not pinned)")
