@@ -1,4 +1,4 @@
-"""``smallwebrtc-host``: run the engine with its local workers, or one more worker."""
+"""``smallwebrtc-host``: run the engine with its local workers (``serve``), one more worker (``worker``), or make keys."""
 
 import argparse
 import asyncio
@@ -12,20 +12,18 @@ import uvicorn
 import uvloop
 import zmq.auth
 from loguru import logger
-from pydantic import ValidationError
 
+from engine.common.settings import (
+    HostSettings,
+    configure_logging,
+    parse_port_range,
+    settings_or_exit,
+)
 from engine.engine import Engine
-from engine.ice import PortRangeLoop, parse_port_range
-from engine.settings import HostSettings, load_settings
-from engine.signaling import create_app
+from engine.ice import PortRangeLoop
 from engine.shards import FORWARD_TIMEOUT_S, EngineShards, create_front_app
+from engine.signaling import create_app
 from engine.supervisor import WORKER_STOP_GRACE_S, LocalWorkers
-
-
-def configure_logging(settings: HostSettings) -> None:
-    """One stderr sink for this process: text, or JSON lines carrying pc_id and worker_id."""
-    logger.remove()
-    logger.add(sys.stderr, level=settings.log_level.upper(), serialize=settings.log_json)
 
 
 class _Server(uvicorn.Server):
@@ -128,13 +126,6 @@ async def serve_engines(settings: HostSettings, config_file: str | None = None) 
         logger.info("smallwebrtc-host stopped")
 
 
-def _settings_from(args: argparse.Namespace, **flags) -> HostSettings:
-    try:
-        return load_settings(args.config, **flags)
-    except (ValidationError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"smallwebrtc-host: invalid configuration: {e}")
-
-
 def make_keys(directory: str, name: str) -> tuple[str, str]:
     """Write a CurveZMQ key pair; returns the public and secret key files."""
     os.makedirs(directory, exist_ok=True)
@@ -145,6 +136,10 @@ def make_keys(directory: str, name: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the chosen command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        # A worker is a program of its own: the engine's code never imports it.
+        os.execv(sys.executable, [sys.executable, "-m", "workers", *argv[1:]])
     parser = argparse.ArgumentParser(prog="smallwebrtc-host", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -164,14 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--esp32", action="store_true", default=None, help="munge answers for ESP32 clients")
     serve_cmd.add_argument("--log-level")
 
-    worker_cmd = commands.add_parser("worker", help="run one worker that joins a running engine")
-    worker_cmd.add_argument("--engine", required=True, help="the engine's endpoint (ipc://... or tcp://...)")
-    worker_cmd.add_argument("--bot", help="the bot, as package.module:function")
-    worker_cmd.add_argument("--worker-id", help="default: hostname-pid")
-    worker_cmd.add_argument("--config", help="a TOML configuration file (default: config/host.toml)")
-    worker_cmd.add_argument("--curve-secret-key", help="this worker's secret key file (NAME.key_secret)")
-    worker_cmd.add_argument("--curve-server-key", help="the engine's public key file (NAME.key)")
-    worker_cmd.add_argument("--log-level")
+    # Listed for --help; main() hands "worker" and its arguments to the worker program before parsing.
+    commands.add_parser("worker", help="run one worker that joins a running engine (see 'worker --help')")
 
     keys_cmd = commands.add_parser("keys", help="make a CurveZMQ key pair for the engine or a worker")
     keys_cmd.add_argument("--dir", required=True, help="where to write NAME.key (public) and NAME.key_secret")
@@ -179,8 +168,9 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     if args.command == "serve":
-        settings = _settings_from(
-            args, host=args.host, port=args.port, workers=args.workers, engines=args.engines, bot=args.bot,
+        settings = settings_or_exit(
+            "smallwebrtc-host", args.config,
+            host=args.host, port=args.port, workers=args.workers, engines=args.engines, bot=args.bot,
             ice_host_addresses=args.ice_host_addresses, ice_servers=args.ice_servers,
             engine_endpoint=args.engine_endpoint, log_level=args.log_level,
             connection_mode=args.connection_mode, esp32=args.esp32,
@@ -198,18 +188,6 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "keys":
         public_file, secret_file = make_keys(args.dir, args.name)
         print(f"public key: {public_file}\nsecret key: {secret_file} (keep it on this machine only)")
-    else:
-        from workers.worker import run_worker
-
-        settings = _settings_from(
-            args, bot=args.bot, log_level=args.log_level,
-            curve_secret_key_file=args.curve_secret_key, curve_server_key_file=args.curve_server_key,
-        )
-        configure_logging(settings)
-        try:
-            uvloop.run(run_worker(settings, args.engine, args.worker_id))
-        except ValueError as e:
-            sys.exit(f"smallwebrtc-host worker: {e}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import aiortc.rtcsctptransport
 import msgspec
 import zmq
 import zmq.asyncio
@@ -17,22 +18,22 @@ from loguru import logger
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-import aiortc.rtcsctptransport
-from engine.ice import announce_address, restrict_host_addresses
-from engine.link import bind_router
-from engine.metrics import HostMetrics
-from engine.peer import PeerActor, SignalingError
-from engine.protocol import (
+from engine.common.link import bind_router
+from engine.common.protocol import (
     EngineHeartbeat,
+    SessionMessage,
     SessionOpen,
     WorkerAccept,
     WorkerHeartbeat,
     WorkerRegister,
     WorkerStop,
-    decode,
+    decode_from_worker,
 )
+from engine.common.settings import ConnectionMode, HostSettings
+from engine.ice import announce_address, restrict_host_addresses
+from engine.metrics import HostMetrics, SessionOutcome
+from engine.peer import PeerActor, SignalingError
 from engine.registry import WorkerHandle, WorkerRegistry
-from engine.settings import ConnectionMode, HostSettings
 
 
 class OfferRejected(Exception):
@@ -129,7 +130,7 @@ class Engine:
     async def stop(self) -> None:
         """End every session, tell workers to leave, and release the socket and its files."""
         for peer in list(self.peers.values()):
-            peer.close("host shutting down", "host_stopped")
+            peer.close("host shutting down", SessionOutcome.HOST_STOPPED)
         deadline = time.monotonic() + 2.0
         while self.peers and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -243,7 +244,7 @@ class Engine:
         try:
             answer = await peer.offer(sdp, type, restart_pc=False)
         except SignalingError as e:
-            peer.close(f"rejected offer: {e}", "rejected", tell_worker=False)
+            peer.close(f"rejected offer: {e}", SessionOutcome.REJECTED, tell_worker=False)
             raise OfferRejected(400, str(e)) from e
         answer = self._rewrite(answer)
         worker.outbox.send(opening)
@@ -276,7 +277,7 @@ class Engine:
             parts = await self._router.recv_multipart(copy=False)
             identity = parts[0].bytes.decode(errors="replace")
             try:
-                message = decode(parts[1].buffer)
+                message = decode_from_worker(parts[1].buffer)
             except (msgspec.DecodeError, IndexError) as e:
                 self.log.warning(f"dropping an unreadable message from worker {identity}: {e}")
                 continue
@@ -294,10 +295,9 @@ class Engine:
             self.log.debug(f"ignoring {type(message).__name__} from unregistered worker {worker_id}")
             return
         handle.heard(message if isinstance(message, WorkerHeartbeat) else None)
-        session_id = getattr(message, "session_id", None)
-        if session_id is None:
+        if not isinstance(message, SessionMessage):
             return
-        peer = self.peers.get(session_id)
+        peer = self.peers.get(message.session_id)
         if peer is not None and peer.worker is handle:
             peer.deliver(message, payload)
 
@@ -321,7 +321,7 @@ class Engine:
                 continue
             target = self.registry.place()
             if target is None:
-                peer.close(f"worker {handle.worker_id} lost ({reason}) and no worker has room", "worker_lost", tell_worker=False)
+                peer.close(f"worker {handle.worker_id} lost ({reason}) and no worker has room", SessionOutcome.WORKER_LOST, tell_worker=False)
             else:
                 target.sessions.add(pc_id)
                 peer.move_to(target)

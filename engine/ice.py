@@ -14,30 +14,6 @@ from collections.abc import Sequence
 import aioice.ice
 import ifaddr
 import uvloop
-from aiortc import RTCIceServer
-from pydantic import BaseModel
-
-
-class IceServer(BaseModel):
-    """A STUN or TURN server, as configured and as handed to clients by ``/start``.
-
-    Parameters:
-        urls: One URL or several (``stun:host:port``, ``turn:host:port?transport=udp``).
-        username: TURN username.
-        credential: TURN password.
-    """
-
-    urls: str | list[str]
-    username: str | None = None
-    credential: str | None = None
-
-    def to_rtc(self) -> RTCIceServer:
-        """The aiortc form of this server."""
-        return RTCIceServer(urls=self.urls, username=self.username, credential=self.credential)
-
-    def to_client(self) -> dict:
-        """The form a browser's ``RTCPeerConnection`` takes, without unset fields."""
-        return self.model_dump(exclude_none=True)
 
 
 def local_addresses() -> set[str]:
@@ -90,20 +66,6 @@ def restrict_host_addresses(allowed: Sequence[str]) -> None:
 
 
 _aioice_get_host_addresses = aioice.ice.get_host_addresses
-
-
-def parse_port_range(text: str) -> tuple[int, int] | None:
-    """``"40000-40999"`` as (40000, 40999); an empty string as None.
-
-    Raises:
-        ValueError: If the text is not such a range of valid ports.
-    """
-    if not text:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
-    if not match or not 1024 <= int(match[1]) <= int(match[2]) <= 65535:
-        raise ValueError(f"ice_udp_port_range: {text!r} is not a range like 40000-40999 within 1024-65535")
-    return int(match[1]), int(match[2])
 
 
 class PortRangeLoop(uvloop.Loop):

@@ -5,21 +5,25 @@ sessions, workers, queue depths, loop lag) are read from the engine at scrape
 time, so nothing has to keep them in step.
 """
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from engine.protocol import MIC_AUDIO_SOURCE
-
-# Why a session ended, as the sessions_total counter labels it.
-OUTCOMES = ("peer_left", "peer_lost", "bot_ended", "worker_lost", "connect_timeout", "rejected", "host_stopped")
+from engine.common.protocol import MediaLane
 
 
-def kind_of(lane: Hashable) -> str:
-    """"audio" or "video", for an outbox lane ``(pc_id, source)``."""
-    source = lane[1] if isinstance(lane, tuple) and len(lane) > 1 else ""
-    return "audio" if source == MIC_AUDIO_SOURCE else "video"
+class SessionOutcome(StrEnum):
+    """Why a session ended, as the sessions_total counter labels it."""
+
+    PEER_LEFT = "peer_left"
+    PEER_LOST = "peer_lost"
+    BOT_ENDED = "bot_ended"
+    WORKER_LOST = "worker_lost"
+    CONNECT_TIMEOUT = "connect_timeout"
+    REJECTED = "rejected"
+    HOST_STOPPED = "host_stopped"
 
 
 class HostMetrics:
@@ -68,11 +72,11 @@ class HostMetrics:
         self.audio_out = self.frames.labels("audio", "out")
         self.video_out = self.frames.labels("video", "out")
 
-    def count_drop(self, reason: str) -> Callable[[Hashable], None]:
+    def count_drop(self, reason: str) -> Callable[[MediaLane], None]:
         """A callback that counts a mailbox's dropped items under ``reason``."""
 
-        def dropped(lane: Hashable) -> None:
-            self.frames_dropped.labels(kind_of(lane), reason).inc()
+        def dropped(lane: MediaLane) -> None:
+            self.frames_dropped.labels(lane.kind, reason).inc()
 
         return dropped
 

@@ -16,16 +16,22 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
-from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
 from loguru import logger
 
-from engine.mailbox import Mailbox
-from engine.metrics import HostMetrics
-from engine.protocol import (
+from engine.common.mailbox import Mailbox
+from engine.common.protocol import (
+    AUDIO_QUEUE_FRAMES,
     AUDIO_TRANSCEIVER_INDEX,
+    RECEIVER_BY_SOURCE,
     SCREEN_VIDEO_TRANSCEIVER_INDEX,
     SOURCE_BY_RECEIVER,
     VIDEO_QUEUE_FRAMES,
@@ -37,9 +43,9 @@ from engine.protocol import (
     AudioOutAck,
     AudioOutClear,
     MediaCaptureSet,
-    OutputCodecSet,
+    MediaKind,
+    MediaLane,
     OutputOpen,
-    PeerKeyframeRequest,
     PeerRenegotiate,
     PeerState,
     PeerStateChange,
@@ -47,14 +53,17 @@ from engine.protocol import (
     SessionConnect,
     SessionOpen,
     TrackStatusChange,
-    VideoBitrateSet,
     VideoIn,
-    VideoKeyframeRequest,
+    VideoInKeyframeRequest,
     VideoOut,
+    VideoOutBitrateSet,
+    VideoOutCodecSet,
+    VideoOutKeyframeRequest,
 )
+from engine.common.settings import HostSettings
+from engine.metrics import HostMetrics, SessionOutcome
 from engine.receivers import tap_encoded_frames
 from engine.registry import WorkerHandle
-from engine.settings import HostSettings
 from engine.tracks import EncodedAudioTrack, EncodedVideoTrack, forward_sender_feedback
 
 # Packets a video receiver's jitter buffer holds, which bounds the frame it can
@@ -67,8 +76,6 @@ SIGNALLING_TYPE = "signalling"
 MAX_OUTGOING_QUEUE = 50
 # App messages from the peer held until the bot is ready for them.
 MAX_HELD_APP_MESSAGES = 100
-# Peer audio waiting for a slow worker, in 20 ms frames, before the oldest is dropped.
-AUDIO_IN_LANE_FRAMES = 25
 # After the answer to a renegotiation we asked for, this long passes before we ask again.
 RENEGOTIATION_GUARD_S = 2.0
 # How often the actor re-evaluates liveness (ping window, lost peers).
@@ -105,7 +112,7 @@ class Close(NamedTuple):
     """Close the session: from a timer, the engine, or a lost worker."""
 
     reason: str
-    outcome: str
+    outcome: SessionOutcome
     tell_worker: bool = True
 
 
@@ -171,7 +178,7 @@ class PeerActor:
         self._enabled_sources = {index: True for index in SOURCE_BY_RECEIVER}
         # Which sources the bot captures.
         self._capture: dict[str, bool] = {}
-        # Each video source's frames are numbered (engine.keyframes); a gap means "wait for a keyframe".
+        # Each video source's frames are numbered (engine.common.keyframes); a gap means "wait for a keyframe".
         self._frame_index = {index: 0 for index in SOURCE_BY_RECEIVER}
         self._bot_was_late = False
         self._keyframe_requests: set[asyncio.Task] = set()
@@ -212,7 +219,7 @@ class PeerActor:
         item = _WorkerMessage(message, payload)
         if isinstance(message, VideoOut):
             # Encoded frames: a drop shows as a gap the output track recovers from.
-            self.mailbox.put_bounded("video-out", item, VIDEO_QUEUE_FRAMES)
+            self.mailbox.put_bounded(MediaLane(self.pc_id, MediaKind.VIDEO), item, VIDEO_QUEUE_FRAMES)
         else:
             # Bot audio is control: the worker's credit window already bounds
             # it, and each one must be acknowledged.
@@ -223,12 +230,12 @@ class PeerActor:
         if not self._ended:
             self.mailbox.put(_MoveTo(worker))
 
-    def close(self, reason: str, outcome: str, tell_worker: bool = True) -> None:
+    def close(self, reason: str, outcome: SessionOutcome, tell_worker: bool = True) -> None:
         """Ask the actor to end the session.
 
         Args:
             reason: Logged, and told to the worker.
-            outcome: One of ``engine.metrics.OUTCOMES``.
+            outcome: Why, as the metrics count it.
             tell_worker: Whether the worker still needs to hear of it.
         """
         if not self._ended:
@@ -262,7 +269,7 @@ class PeerActor:
                         item.reply.set_exception(SignalingError(str(e)))
         finally:
             ticker.cancel()
-            await self._end("actor stopped", "host_stopped", tell_worker=True, notify_peer=True)
+            await self._end("actor stopped", SessionOutcome.HOST_STOPPED, tell_worker=True, notify_peer=True)
 
     async def _tick(self) -> None:
         while True:
@@ -383,15 +390,15 @@ class PeerActor:
         self._report_state()
         now = time.monotonic()
         if self._restart_deadline is not None and now > self._restart_deadline:
-            await self._end(self._restart_reason, "peer_left", tell_worker=True, notify_peer=False)
+            await self._end(self._restart_reason, SessionOutcome.PEER_LEFT, tell_worker=True, notify_peer=False)
         elif self._disconnected_since is not None and now - self._disconnected_since > self._settings.peer_lost_close_s:
-            await self._end("peer lost (no keepalive)", "peer_lost", tell_worker=True, notify_peer=False)
+            await self._end("peer lost (no keepalive)", SessionOutcome.PEER_LOST, tell_worker=True, notify_peer=False)
 
     async def _handle_state(self, state: str) -> None:
         self.log.debug(f"peer {self.pc_id}: connection state {state}")
         if state == "connecting" and self._connecting_timer is None:
             self._connecting_timer = self._after(
-                self._settings.connecting_timeout_s, "no connection within the connecting timeout", "connect_timeout"
+                self._settings.connecting_timeout_s, "no connection within the connecting timeout", SessionOutcome.CONNECT_TIMEOUT
             )
         elif state != "connecting":
             self._cancel(self._connecting_timer)
@@ -405,7 +412,7 @@ class PeerActor:
             self._restart_deadline = time.monotonic() + self._settings.restart_grace_s
             await self._close_pc()
 
-    def _after(self, delay: float, reason: str, outcome: str) -> asyncio.Task:
+    def _after(self, delay: float, reason: str, outcome: SessionOutcome) -> asyncio.Task:
         async def fire():
             await asyncio.sleep(delay)
             self.close(reason, outcome)
@@ -519,8 +526,8 @@ class PeerActor:
                 self._report_state()
             case MediaCaptureSet():
                 self._set_capture(message)
-            case PeerKeyframeRequest(source=source):
-                index = self._receiver_index(source)
+            case VideoInKeyframeRequest(source=source):
+                index = RECEIVER_BY_SOURCE.get(source)
                 if index is not None and self._wanted(index):
                     self._ask_peer_for_keyframe(index)
             case AudioOutClear() if self._audio_out is not None:
@@ -530,7 +537,7 @@ class PeerActor:
             case PeerRenegotiate():
                 self._ask_to_renegotiate()
             case SessionClose(reason=reason):
-                await self._end(f"worker: {reason}", "bot_ended", tell_worker=False, notify_peer=True)
+                await self._end(f"worker: {reason}", SessionOutcome.BOT_ENDED, tell_worker=False, notify_peer=True)
             case VideoOut():
                 pass  # the bot sent video before asking for an output track
 
@@ -578,7 +585,7 @@ class PeerActor:
             # Every worker that opens outputs, and every new negotiation, learns the codec.
             codecs = transceivers[VIDEO_TRANSCEIVER_INDEX]._codecs
             if codecs:
-                self.worker.outbox.send(OutputCodecSet(self.pc_id, codecs[0].mimeType))
+                self.worker.outbox.send(VideoOutCodecSet(self.pc_id, codecs[0].mimeType))
 
     def _sends_opus(self, transceivers) -> bool:
         # The worker encodes bot audio as Opus, which every browser offers first.
@@ -600,11 +607,11 @@ class PeerActor:
             transceiver.sender,
             codecs[0],
             self._request_bot_keyframe,
-            lambda bitrate: self.worker.outbox.send(VideoBitrateSet(self.pc_id, bitrate)),
+            lambda bitrate: self.worker.outbox.send(VideoOutBitrateSet(self.pc_id, bitrate)),
         )
 
     def _request_bot_keyframe(self) -> None:
-        self.worker.outbox.send(VideoKeyframeRequest(self.pc_id))
+        self.worker.outbox.send(VideoOutKeyframeRequest(self.pc_id))
 
     # ---- reading the peer's media ----
 
@@ -652,12 +659,8 @@ class PeerActor:
         for source in sources:
             await receiver._send_rtcp_pli(source.source)
 
-    @staticmethod
-    def _receiver_index(source: str) -> int | None:
-        return next((i for i, name in SOURCE_BY_RECEIVER.items() if name == source), None)
-
     def _set_capture(self, request: MediaCaptureSet) -> None:
-        index = self._receiver_index(request.source)
+        index = RECEIVER_BY_SOURCE.get(request.source)
         if index is None:
             self.log.warning(f"peer {self.pc_id}: the bot asked for an unknown source {request.source!r}")
             return
@@ -677,11 +680,11 @@ class PeerActor:
         source = SOURCE_BY_RECEIVER.get(index)
         if source is None:
             return
-        lane = (self.pc_id, source)
+        lane = MediaLane(self.pc_id, source.kind, source)
         if index == AUDIO_TRANSCEIVER_INDEX:
             if self._bot_ready:
                 message = AudioIn(self.pc_id, codec.mimeType, frame.timestamp)
-                self.worker.outbox.send_bounded(lane, AUDIO_IN_LANE_FRAMES, message, frame.data)
+                self.worker.outbox.send_bounded(lane, AUDIO_QUEUE_FRAMES, message, frame.data)
                 self._metrics.audio_in.inc()
             return
         self._frame_index[index] += 1
@@ -694,7 +697,7 @@ class PeerActor:
         for task in self._keyframe_requests:
             task.cancel()
         self._keyframe_requests.clear()
-        self.worker.outbox.mailbox.discard_lanes(lambda lane: isinstance(lane, tuple) and lane[0] == self.pc_id)
+        self.worker.outbox.forget_session(self.pc_id)
 
     # ---- recovery ----
 
@@ -726,7 +729,7 @@ class PeerActor:
             pc.remove_all_listeners()
             await pc.close()
 
-    async def _end(self, reason: str, outcome: str, *, tell_worker: bool, notify_peer: bool) -> None:
+    async def _end(self, reason: str, outcome: SessionOutcome, *, tell_worker: bool, notify_peer: bool) -> None:
         if self._ended:
             return
         self._ended = True

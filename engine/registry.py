@@ -2,13 +2,13 @@
 
 import asyncio
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq.asyncio
 
-from engine.link import Frames, Outbox, send_to_worker
-from engine.protocol import WorkerHeartbeat
+from engine.common.link import Frames, Outbox, send_to_worker
+from engine.common.protocol import MediaLane, WorkerHeartbeat
 
 
 @dataclass(eq=False)
@@ -73,7 +73,7 @@ class WorkerHandle:
 class WorkerRegistry:
     """Live workers by id, and placement of new sessions on them."""
 
-    def __init__(self, router: zmq.asyncio.Socket, on_drop: Callable[[Hashable], None] | None = None):
+    def __init__(self, router: zmq.asyncio.Socket, on_drop: Callable[[MediaLane], None] | None = None):
         """Initialize the registry.
 
         Args:

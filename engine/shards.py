@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from engine.settings import HostSettings
+from engine.common.settings import HostSettings
 from engine.signaling import MAX_START_SESSIONS
 from engine.supervisor import POLL_S, ProcessSlot, stop_process
 

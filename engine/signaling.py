@@ -206,7 +206,9 @@ def create_app(engine: Engine) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     # Pipecat's prebuilt web client at /client, as Pipecat's runner serves it, when installed.
     try:
-        from pipecat_ai_small_webrtc_prebuilt.frontend import SmallWebRTCPrebuiltUI as PrebuiltUI
+        from pipecat_ai_small_webrtc_prebuilt.frontend import (
+            SmallWebRTCPrebuiltUI as PrebuiltUI,
+        )
     except ImportError:
         try:
             from pipecat_ai_prebuilt.frontend import PipecatPrebuiltUI as PrebuiltUI

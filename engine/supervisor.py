@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
+from engine.common.settings import HostSettings
 from engine.engine import Engine
-from engine.settings import HostSettings
 
 # A worker asked to stop gets this long before it is terminated, then killed.
 WORKER_STOP_GRACE_S = 5.0
@@ -102,7 +102,7 @@ class LocalWorkers:
     async def _spawn(self, slot: ProcessSlot) -> None:
         config = ["--config", self._config_file] if self._config_file else []
         slot.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.cli", "worker",
+            sys.executable, "-m", "workers",
             "--engine", self._engine.endpoint,
             "--worker-id", slot.name,
             "--bot", self._settings.bot,

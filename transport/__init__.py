@@ -4,8 +4,8 @@ Change ``from pipecat.transports.smallwebrtc.transport import SmallWebRTCTranspo
 to ``from transport import SmallWebRTCTransport`` and the bot runs on a worker.
 """
 
-from engine.tracks import RawAudioTrack, RawVideoTrack
 from transport.connection import SmallWebRTCConnection
+from transport.tracks import RawAudioTrack, RawVideoTrack
 from transport.transport import (
     SmallWebRTCCallbacks,
     SmallWebRTCClient,

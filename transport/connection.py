@@ -3,7 +3,7 @@
 The real peer connection lives in the engine. This object has the same name,
 events and methods a bot or ``SmallWebRTCClient`` uses (``pc_id``,
 ``event_handler``, ``connect``, ``send_app_message``, the input tracks, ...) and
-turns them into messages of ``engine.protocol``.
+turns them into messages of ``engine.common.protocol``.
 """
 
 import asyncio
@@ -14,16 +14,17 @@ from functools import partial
 from typing import Any
 
 import av
-
 from loguru import logger
 from pipecat.utils.base_object import BaseObject
 
-from engine.keyframes import KeyframeGate
-from engine.link import Outbox
-from engine.mailbox import Mailbox
-from engine.protocol import (
+from engine.common.keyframes import KeyframeGate
+from engine.common.link import Outbox
+from engine.common.mailbox import Mailbox
+from engine.common.protocol import (
+    AUDIO_QUEUE_FRAMES,
     AUDIO_TRANSCEIVER_INDEX,
-    MIC_AUDIO_SOURCE,
+    OPUS_FRAME_MS,
+    OPUS_SAMPLE_RATE,
     SCREEN_VIDEO_TRANSCEIVER_INDEX,
     SOURCE_BY_RECEIVER,
     VIDEO_QUEUE_FRAMES,
@@ -33,18 +34,19 @@ from engine.protocol import (
     AudioOut,
     AudioOutClear,
     MediaCaptureSet,
+    MediaKind,
+    MediaLane,
+    MediaSource,
     OutputOpen,
-    PeerKeyframeRequest,
     PeerRenegotiate,
     PeerState,
     SessionClose,
     SessionConnect,
     VideoIn,
+    VideoInKeyframeRequest,
     VideoOut,
 )
-from workers.media import (
-    OPUS_FRAME_MS,
-    OPUS_SAMPLE_RATE,
+from transport.media import (
     VIDEO_TIME_BASE,
     AudioFramer,
     MediaDecoder,
@@ -54,8 +56,6 @@ from workers.media import (
     rgb_to_i420,
 )
 
-# Peer audio a bot that is not reading keeps, in 20 ms frames, before the oldest is dropped.
-AUDIO_IN_FRAMES = 25
 # Bot audio handed to the engine and not yet taken by its sender. write_audio
 # waits while more is in flight, so the bot runs at the wire's pace and an
 # interruption finds little already on its way.
@@ -66,22 +66,21 @@ class InputTrack:
     """One of the peer's sources as the worker receives it: encoded frames from the engine, decoded here.
 
     Audio is decoded as it arrives (tens of microseconds a frame) and keeps the
-    newest ``AUDIO_IN_FRAMES`` frames. Video waits, at most
+    newest ``AUDIO_QUEUE_FRAMES`` frames. Video waits, at most
     ``VIDEO_QUEUE_FRAMES`` encoded frames, for its decoder, which runs off the
     event loop and never skips a frame: one lost on the way, or one that does
     not decode, costs a keyframe (``KeyframeGate``). The bot reads only the
     newest decoded picture.
     """
 
-    def __init__(self, kind: str, source: str, request_keyframe: Callable[[], None]):
+    def __init__(self, source: MediaSource, request_keyframe: Callable[[], None]):
         """Initialize the track.
 
         Args:
-            kind: "audio" or "video".
-            source: "microphone", "camera" or "screenVideo".
+            source: The peer's source it carries.
             request_keyframe: Asks the engine to ask the peer for a keyframe of this source.
         """
-        self.kind = kind
+        self.kind = source.kind
         self.source = source
         self._decoder = MediaDecoder()
         self._decoded: Mailbox[av.AudioFrame | av.VideoFrame] = Mailbox(f"{source} in")
@@ -99,9 +98,9 @@ class InputTrack:
     def deliver(self, message: AudioIn | VideoIn, payload: list) -> None:
         """Take an encoded frame from the engine, dropping by the track's policy."""
         data = payload[0].bytes
-        if self.kind == "audio":
+        if self.kind is MediaKind.AUDIO:
             for frame in self._decode(message.mime_type, data, message.pts) or ():
-                self._decoded.put_bounded(self.source, frame, AUDIO_IN_FRAMES)
+                self._decoded.put_bounded(self.source, frame, AUDIO_QUEUE_FRAMES)
             return
         self._encoded.put_bounded(self.source, (message, data), VIDEO_QUEUE_FRAMES)
         if self._decoding is None:
@@ -224,7 +223,7 @@ class VideoOutput:
             if data:
                 index += 1
                 self._outbox.send_bounded(
-                    (self._pc_id, "video-out"), VIDEO_QUEUE_FRAMES, VideoOut(self._pc_id, index, is_keyframe), data
+                    MediaLane(self._pc_id, MediaKind.VIDEO), VIDEO_QUEUE_FRAMES, VideoOut(self._pc_id, index, is_keyframe), data
                 )
 
 
@@ -255,9 +254,8 @@ class SmallWebRTCConnection(BaseObject):
         self._closed = False
         self._tracks = {
             index: InputTrack(
-                "audio" if source == MIC_AUDIO_SOURCE else "video",
                 source,
-                partial(outbox.send, PeerKeyframeRequest(pc_id, source)),
+                partial(outbox.send, VideoInKeyframeRequest(pc_id, source)),
             )
             for index, source in SOURCE_BY_RECEIVER.items()
         }
@@ -329,7 +327,7 @@ class SmallWebRTCConnection(BaseObject):
 
     def deliver_media(self, message: AudioIn | VideoIn, payload: list) -> None:
         """Route a frame from the engine to its input track."""
-        source = message.source if isinstance(message, VideoIn) else MIC_AUDIO_SOURCE
+        source = message.source if isinstance(message, VideoIn) else MediaSource.MICROPHONE
         for track in self._tracks.values():
             if track.source == source:
                 track.deliver(message, payload)

@@ -16,8 +16,8 @@ from loguru import logger
 from pipecat.frames.frames import (
     ClientConnectedFrame,
     Frame,
-    InterruptionFrame,
     InputAudioRawFrame,
+    InterruptionFrame,
     OutputAudioRawFrame,
     OutputImageRawFrame,
     OutputTransportMessageFrame,
@@ -35,9 +35,9 @@ from pipecat.utils.shared import acquires, releases
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
 from pydantic import BaseModel
 
-from engine.protocol import CAM_VIDEO_SOURCE, MIC_AUDIO_SOURCE, SCREEN_VIDEO_SOURCE, SOURCE_BY_RECEIVER
+from engine.common.protocol import SOURCE_BY_RECEIVER, MediaSource
 from transport.connection import InputTrack, SmallWebRTCConnection
-from workers.media import FORMAT_CONVERSIONS, AudioFramer, planes_to_rgb
+from transport.media import FORMAT_CONVERSIONS, AudioFramer, planes_to_rgb
 
 # How long a reader waits for media before warning that none comes.
 NO_MEDIA_WARNING_S = 2.0
@@ -120,7 +120,7 @@ class SmallWebRTCClient:
                 await self._callbacks.on_track_status(source, enabled)
 
     def _video_track(self, video_source: str) -> InputTrack | None:
-        return self._video_input_track if video_source == CAM_VIDEO_SOURCE else self._screen_video_track
+        return self._video_input_track if video_source == MediaSource.CAMERA else self._screen_video_track
 
     def video_source_enabled(self, video_source: str) -> bool:
         """Whether the peer is sending a video source.
@@ -203,7 +203,7 @@ class SmallWebRTCClient:
             InputAudioRawFrame objects containing audio data from the peer.
         """
         framer = AudioFramer(self._in_sample_rate, self._audio_in_channels, AUDIO_IN_FRAME_MS)
-        self._webrtc_connection.capture(MIC_AUDIO_SOURCE, True)
+        self._webrtc_connection.capture(MediaSource.MICROPHONE, True)
         try:
             while True:
                 frame = await self._next(lambda: self._audio_input_track)
@@ -216,7 +216,7 @@ class SmallWebRTCClient:
                     audio_frame.pts = frame.pts
                     yield audio_frame
         finally:
-            self._webrtc_connection.capture(MIC_AUDIO_SOURCE, False)
+            self._webrtc_connection.capture(MediaSource.MICROPHONE, False)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         """Write an audio frame to the WebRTC connection.
@@ -378,7 +378,7 @@ class SmallWebRTCInputTransport(pipecat_smallwebrtc.SmallWebRTCInputTransport):
         wanted = sampler is not None and (sampler.framerate != 0 or bool(sampler._requests))
         self._client._webrtc_connection.capture(video_source, wanted)
 
-    async def capture_participant_media(self, source: str = CAM_VIDEO_SOURCE, framerate: int | None = None):
+    async def capture_participant_media(self, source: str = MediaSource.CAMERA, framerate: int | None = None):
         """Capture media from a specific participant.
 
         Args:
@@ -388,7 +388,7 @@ class SmallWebRTCInputTransport(pipecat_smallwebrtc.SmallWebRTCInputTransport):
                 every frame.
         """
         await super().capture_participant_media(source, framerate)
-        if source in (CAM_VIDEO_SOURCE, SCREEN_VIDEO_SOURCE):
+        if source in (MediaSource.CAMERA, MediaSource.SCREEN_VIDEO):
             self._update_engine_capture(source)
 
     async def request_participant_image(self, frame: UserImageRequestFrame):
@@ -401,7 +401,7 @@ class SmallWebRTCInputTransport(pipecat_smallwebrtc.SmallWebRTCInputTransport):
             frame: The user image request frame.
         """
         await super().request_participant_image(frame)
-        self._update_engine_capture(frame.video_source or CAM_VIDEO_SOURCE)
+        self._update_engine_capture(frame.video_source or MediaSource.CAMERA)
 
     async def stop_video(self, video_source: str):
         """Answer the image requests waiting on a video source the peer turned off.
@@ -415,7 +415,7 @@ class SmallWebRTCInputTransport(pipecat_smallwebrtc.SmallWebRTCInputTransport):
     async def remove_all_video(self):
         """Stop sampling video and answer the waiting image requests, e.g. on disconnect."""
         await super().remove_all_video()
-        for video_source in (CAM_VIDEO_SOURCE, SCREEN_VIDEO_SOURCE):
+        for video_source in (MediaSource.CAMERA, MediaSource.SCREEN_VIDEO):
             self._update_engine_capture(video_source)
 
     async def _receive_video(self, video_source: str):
@@ -592,14 +592,14 @@ class SmallWebRTCTransport(BaseTransport):
         await self._call_event_handler("on_client_disconnected", webrtc_connection)
 
     async def _on_track_status(self, source: str, enabled: bool):
-        if self._input and source != MIC_AUDIO_SOURCE and not enabled:
+        if self._input and source != MediaSource.MICROPHONE and not enabled:
             await self._input.stop_video(source)
 
     async def capture_participant_video(
         self,
         participant_id: str | None = None,
         framerate: int | None | NotGiven = NOT_GIVEN,
-        video_source: str = CAM_VIDEO_SOURCE,
+        video_source: str = MediaSource.CAMERA,
         *,
         on_request_only: bool = False,
     ):
@@ -614,7 +614,7 @@ class SmallWebRTCTransport(BaseTransport):
             video_source: Video source to capture from ("camera" or "screenVideo").
             on_request_only: Pass on only the frames that answer image requests.
         """
-        if participant_id is None or participant_id in (CAM_VIDEO_SOURCE, SCREEN_VIDEO_SOURCE):
+        if participant_id is None or participant_id in (MediaSource.CAMERA, MediaSource.SCREEN_VIDEO):
             warn_deprecated(
                 "`SmallWebRTCTransport.capture_participant_video(participant_id=None)` is "
                 "deprecated since 1.13.0 and will be removed in 2.0.0. "
@@ -630,7 +630,7 @@ class SmallWebRTCTransport(BaseTransport):
         if self._input:
             await self._input.capture_participant_media(source=video_source, framerate=framerate)
 
-    async def capture_participant_audio(self, audio_source: str = MIC_AUDIO_SOURCE):
+    async def capture_participant_audio(self, audio_source: str = MediaSource.MICROPHONE):
         """Capture audio from a specific participant.
 
         Args:

@@ -7,20 +7,20 @@ from dataclasses import dataclass
 from loguru import logger
 from pipecat.runner.types import SmallWebRTCRunnerArguments
 
-from engine.link import Outbox
-from engine.mailbox import Mailbox
-from engine.protocol import (
+from engine.common.link import Outbox
+from engine.common.mailbox import Mailbox
+from engine.common.protocol import (
     AppMessageIn,
     AudioIn,
     AudioOutAck,
-    OutputCodecSet,
     PeerStateChange,
     SessionClose,
     SessionOpen,
     TrackStatusChange,
-    VideoBitrateSet,
     VideoIn,
-    VideoKeyframeRequest,
+    VideoOutBitrateSet,
+    VideoOutCodecSet,
+    VideoOutKeyframeRequest,
 )
 from transport.connection import SmallWebRTCConnection
 
@@ -115,8 +115,7 @@ class Session:
                 bot_task.cancel()
             await asyncio.gather(bot_task, control_task, return_exceptions=True)
             self.connection.end(reason)
-            # Forget this session's media lanes in the worker's outbox (their unsent frames too).
-            self._outbox.mailbox.discard_lanes(lambda lane: isinstance(lane, tuple) and lane[0] == self.session_id)
+            self._outbox.forget_session(self.session_id)
             self.log.info(f"session {self.session_id} ended on worker {self._worker_id}")
 
     async def _serve_control(self) -> None:
@@ -126,11 +125,11 @@ class Session:
             match message:
                 case AudioOutAck(seq=seq):
                     connection.handle_audio_ack(seq)
-                case OutputCodecSet(video_mime_type=mime_type):
+                case VideoOutCodecSet(mime_type=mime_type):
                     connection.handle_video_codec(mime_type)
-                case VideoKeyframeRequest():
+                case VideoOutKeyframeRequest():
                     connection.handle_keyframe_request()
-                case VideoBitrateSet(bitrate=bitrate):
+                case VideoOutBitrateSet(bitrate=bitrate):
                     connection.handle_bitrate(bitrate)
                 case PeerStateChange(state=state):
                     await connection.handle_state(state)

@@ -13,18 +13,19 @@ import zmq
 import zmq.asyncio
 from loguru import logger
 
-from engine.link import Outbox, connect_dealer
-from engine.protocol import (
+from engine.common.link import Outbox, connect_dealer
+from engine.common.protocol import (
     EngineHeartbeat,
     SessionClose,
+    SessionMessage,
     SessionOpen,
     WorkerAccept,
     WorkerHeartbeat,
     WorkerRegister,
     WorkerStop,
-    decode,
+    decode_from_engine,
 )
-from engine.settings import HostSettings
+from engine.common.settings import HostSettings
 from workers.session import Bot, Session
 
 # A stopping worker gives the engine this long to receive its last messages.
@@ -133,7 +134,7 @@ class Worker:
             parts = await dealer.recv_multipart(copy=False)
             self._last_heard = time.monotonic()
             try:
-                message = decode(parts[0].buffer)
+                message = decode_from_engine(parts[0].buffer)
             except msgspec.DecodeError as e:
                 self.log.warning(f"dropping an unreadable message from the engine: {e}")
                 continue
@@ -156,8 +157,8 @@ class Worker:
             case WorkerStop(reason=reason):
                 self.log.info(f"worker {self.worker_id} asked to stop: {reason}")
                 self._stopping.set()
-            case _:
-                session = self.sessions.get(getattr(message, "session_id", None))
+            case SessionMessage(session_id=session_id):
+                session = self.sessions.get(session_id)
                 if session is not None:
                     session.deliver(message, payload)
 

@@ -1,11 +1,11 @@
 """Micro-benchmark of the engine-worker hop alone: real processes, ipc://, the engine's own link code.
 
-The "engine" side (this process) binds :func:`engine.link.bind_router` and
-sends as the engine does: peer media wrapped in ``engine.protocol`` messages
+The "engine" side (this process) binds :func:`engine.common.link.bind_router` and
+sends as the engine does: peer media wrapped in ``engine.common.protocol`` messages
 (``AudioIn``: one 20 ms Opus packet; ``VideoIn``: one encoded 640x480 VP8
-frame, both from the benchmark's clip), queued in an :class:`engine.link.Outbox`
-lane and sent by its pump through :func:`engine.link.send_to_worker`. The
-"worker" (a subprocess) connects :func:`engine.link.connect_dealer`, decodes
+frame, both from the benchmark's clip), queued in an :class:`engine.common.link.Outbox`
+lane and sent by its pump through :func:`engine.common.link.send_to_worker`. The
+"worker" (a subprocess) connects :func:`engine.common.link.connect_dealer`, decodes
 each header and answers as a bot would, with the same encoded payload
 (``AudioOut``, ``VideoOut``), through its own Outbox pump. Nothing is decoded
 or encoded on either side: this is the cost of the hop, not of the media work.
@@ -35,8 +35,17 @@ import uvloop
 import zmq
 import zmq.asyncio
 
-from engine.link import Outbox, bind_router, connect_dealer, send_to_worker
-from engine.protocol import AudioIn, AudioOut, VideoIn, VideoOut, WorkerRegister, decode, encode
+from engine.common.link import Outbox, bind_router, connect_dealer, send_to_worker
+from engine.common.protocol import (
+    AudioIn,
+    AudioOut,
+    VideoIn,
+    VideoOut,
+    WorkerRegister,
+    decode_from_engine,
+    decode_from_worker,
+    encode,
+)
 from tests.bench import procstat
 from tests.bench.media import load_clip
 
@@ -63,7 +72,7 @@ async def worker_main(endpoint: str, direct: bool) -> None:
     try:
         while True:
             parts = await dealer.recv_multipart(copy=False)
-            message = decode(parts[0].buffer)
+            message = decode_from_engine(parts[0].buffer)
             if isinstance(message, AudioIn):
                 seq += 1
                 reply, payload = AudioOut(message.session_id, seq), parts[1]
@@ -100,7 +109,7 @@ class EngineSide:
     async def receive(self) -> None:
         while True:
             parts = await self.router.recv_multipart(copy=False)
-            decode(parts[1].buffer)
+            decode_from_worker(parts[1].buffer)
             now = time.perf_counter()
             if self.pending:
                 self.rtts.append(now - self.pending.popleft())
@@ -202,7 +211,7 @@ async def engine_main(kinds: list[str], count: int, seconds: float, window: int,
     try:
         parts = await asyncio.wait_for(router.recv_multipart(copy=False), 30)
         identity = parts[0].bytes
-        if not isinstance(decode(parts[1].buffer), WorkerRegister):
+        if not isinstance(decode_from_worker(parts[1].buffer), WorkerRegister):
             raise RuntimeError("the worker did not register first")
         side = EngineSide(router, identity, direct)
         for kind in kinds:

@@ -41,14 +41,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
-from loguru import logger
-
-from engine.ice import restrict_host_addresses
 
 # Importing pipecat's SmallWebRTC modules requires aiortc/av/cv2 only.
 from aiortc.rtcicetransport import RTCIceGatherer  # noqa: E402
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from loguru import logger
 from pipecat.frames.frames import (  # noqa: E402
     Frame,
     InputAudioRawFrame,
@@ -71,6 +69,8 @@ from pipecat.transports.smallwebrtc.request_handler import (  # noqa: E402
 )
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
+
+from engine.ice import restrict_host_addresses
 
 SAMPLE_RATE = 48000
 

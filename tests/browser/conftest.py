@@ -309,7 +309,7 @@ def host_factory(netns, request):
 
     # The host stops its workers; any of its processes still running is an orphan: kill it and say so.
     def host_processes():
-        return [pid for pid in netns.processes() if "engine.cli" in _cmdline(pid)]
+        return [pid for pid in netns.processes() if any(m in _cmdline(pid) for m in ("engine.cli", "-m workers"))]
 
     deadline = time.monotonic() + 10
     while host_processes() and time.monotonic() < deadline:

@@ -8,7 +8,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamT
 
 from engine.ice import restrict_host_addresses
 from engine.receivers import tap_encoded_frames
-from workers.media import MediaDecoder, is_keyframe
+from transport.media import MediaDecoder, is_keyframe
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Runs the real multiprocess host (``smallwebrtc-host serve``) for a test, on 127.0.0.1."""
+"""Runs the real multiprocess host (``smallwebrtc-host serve``) for a test, on 127.0.0.1, and asks its demo bot about itself."""
 
 import json
 import os
@@ -11,7 +11,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.support.client import TestPeer
+
 REPO = Path(__file__).resolve().parents[2]
+# A small picture for the demo bot, so tests that do not measure video spend little on it.
+SMALL_VIDEO = {"video_width": 320, "video_height": 240}
 
 
 def free_port() -> int:
@@ -120,3 +124,21 @@ class HostProcess:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+async def host_info(peer: TestPeer) -> dict:
+    """The demo bot's RTVI ``host-info`` message, asked for with ``client-ready``."""
+    await peer.send_app_message({"label": "rtvi-ai", "id": "ready-1", "type": "client-ready", "data": {"version": "2.2.0"}})
+    message = await peer.wait_for_message(
+        lambda m: m.get("type") == "server-message" and m["data"].get("type") == "host-info"
+    )
+    return message["data"]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -21,7 +21,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.ice import restrict_host_addresses  # noqa: E402
-from tests.support.client import SAMPLE_RATE, TestPeer, bar_colours, bars_match, dominant_frequency  # noqa: E402
+from tests.support.client import (  # noqa: E402
+    SAMPLE_RATE,
+    TestPeer,
+    bar_colours,
+    bars_match,
+    dominant_frequency,
+)
 
 SERVER_START_TIMEOUT = 40.0
 

@@ -8,7 +8,7 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
 import transport
-from engine.link import Outbox
+from engine.common.link import Outbox
 
 SIGNATURES = {
     "RawAudioTrack.__init__": ["self", "sample_rate", "auto_silence"],

@@ -4,10 +4,12 @@ import asyncio
 
 import zmq
 
-from engine.protocol import AudioIn, VideoIn
+from engine.common.protocol import AudioIn, MediaSource, VideoIn
+from tests.support.client import colour_bars
 from transport.connection import InputTrack
-from workers.media import OpusEncoder, VideoEncoder, rgb_to_i420
-from tests.workers.test_media import ENCODED_BARS
+from transport.media import OpusEncoder, VideoEncoder, rgb_to_i420
+
+ENCODED_BARS = colour_bars(320, 240)
 
 
 def camera_frames(count: int, keyframes: set[int]) -> list[tuple[VideoIn, list]]:
@@ -21,7 +23,7 @@ def camera_frames(count: int, keyframes: set[int]) -> list[tuple[VideoIn, list]]
 
 
 async def test_video_is_decoded_and_the_newest_picture_kept():
-    track = InputTrack("video", "camera", lambda: None)
+    track = InputTrack(MediaSource.CAMERA, lambda: None)
     for message, payload in camera_frames(3, {1}):
         track.deliver(message, payload)
         await asyncio.sleep(0.05)  # let the decoder take each one
@@ -32,7 +34,7 @@ async def test_video_is_decoded_and_the_newest_picture_kept():
 
 async def test_a_lost_frame_asks_for_a_keyframe_and_drops_to_it():
     requests = []
-    track = InputTrack("video", "camera", lambda: requests.append(1))
+    track = InputTrack(MediaSource.CAMERA, lambda: requests.append(1))
     frames = camera_frames(6, {1, 5})
     del frames[2]  # frame 3 never arrives
     for message, payload in frames:
@@ -48,7 +50,7 @@ async def test_a_lost_frame_asks_for_a_keyframe_and_drops_to_it():
 
 
 async def test_audio_is_decoded_on_arrival_and_bounded():
-    track = InputTrack("audio", "microphone", lambda: None)
+    track = InputTrack(MediaSource.MICROPHONE, lambda: None)
     encoder = OpusEncoder()
     for index in range(30):
         track.deliver(AudioIn("pc", "audio/opus", index * 960), [zmq.Frame(encoder.encode(bytes(1920)))])
@@ -58,6 +60,6 @@ async def test_audio_is_decoded_on_arrival_and_bounded():
 
 
 async def test_a_frame_that_does_not_decode_is_dropped():
-    track = InputTrack("audio", "microphone", lambda: None)
+    track = InputTrack(MediaSource.MICROPHONE, lambda: None)
     track.deliver(AudioIn("pc", "audio/unknown", 0), [zmq.Frame(b"\x00")])
     assert track._decoded.get_nowait() is None

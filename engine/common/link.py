@@ -7,15 +7,15 @@ so a slow reader only ever fills (and drops from) its own mailbox.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 
 import zmq
 import zmq.asyncio
 import zmq.auth
 from loguru import logger
 
-from engine.mailbox import Mailbox, MailboxOverflow
-from engine.protocol import Message, encode
+from engine.common.mailbox import Mailbox, MailboxOverflow
+from engine.common.protocol import MediaLane, Message, encode
 
 # Messages buffered per pipe on each side (send and receive) before the
 # sender is pushed back. Small on purpose: the mailboxes ahead of the socket
@@ -40,7 +40,7 @@ class Outbox:
     process as lost) and takes no more.
     """
 
-    def __init__(self, name: str, on_drop: Callable[[Hashable], None] | None = None):
+    def __init__(self, name: str, on_drop: Callable[[MediaLane], None] | None = None):
         """Initialize the outbox.
 
         Args:
@@ -60,15 +60,14 @@ class Outbox:
             self.broken = f"stuck: {e}"
             logger.error(self.broken)
 
-    def send_latest(self, lane: Hashable, message: Message, *payload) -> None:
-        """Queue media of which only the newest unsent item matters (video)."""
-        if not self.broken:
-            self.mailbox.put_latest(lane, frames(message, *payload))
-
-    def send_bounded(self, lane: Hashable, limit: int, message: Message, *payload) -> None:
+    def send_bounded(self, lane: MediaLane, limit: int, message: Message, *payload) -> None:
         """Queue media that drops its oldest unsent item past ``limit`` (audio)."""
         if not self.broken:
             self.mailbox.put_bounded(lane, frames(message, *payload), limit)
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop a session's media lanes with their unsent items (the session ended or moved)."""
+        self.mailbox.discard_lanes(lambda lane: isinstance(lane, MediaLane) and lane.session_id == session_id)
 
     async def pump(self, send: Callable[[Frames], Awaitable[None]]) -> None:
         """Send the queued messages in the mailbox's order until cancelled."""

@@ -8,11 +8,15 @@ JSON, e.g. ``SMALLWEBRTC_HOST_ICE_HOST_ADDRESSES='["127.0.0.1"]'``).
 
 import ipaddress
 import os
+import re
+import sys
 from contextvars import ContextVar
 from enum import Enum
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from aiortc import RTCIceServer
+from loguru import logger
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,11 +24,45 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from engine.ice import IceServer, parse_port_range
-
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "host.toml"
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "config" / "host.toml"
 # The file load_settings() was asked to read, for the settings being built now.
 _config_file: ContextVar[str | None] = ContextVar("config_file", default=None)
+
+
+class IceServer(BaseModel):
+    """A STUN or TURN server, as configured and as handed to clients by ``/start``.
+
+    Parameters:
+        urls: One URL or several (``stun:host:port``, ``turn:host:port?transport=udp``).
+        username: TURN username.
+        credential: TURN password.
+    """
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
+
+    def to_rtc(self) -> RTCIceServer:
+        """The aiortc form of this server."""
+        return RTCIceServer(urls=self.urls, username=self.username, credential=self.credential)
+
+    def to_client(self) -> dict:
+        """The form a browser's ``RTCPeerConnection`` takes, without unset fields."""
+        return self.model_dump(exclude_none=True)
+
+
+def parse_port_range(text: str) -> tuple[int, int] | None:
+    """``"40000-40999"`` as (40000, 40999); an empty string as None.
+
+    Raises:
+        ValueError: If the text is not such a range of valid ports.
+    """
+    if not text:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    if not match or not 1024 <= int(match[1]) <= int(match[2]) <= 65535:
+        raise ValueError(f"ice_udp_port_range: {text!r} is not a range like 40000-40999 within 1024-65535")
+    return int(match[1]), int(match[2])
 
 
 class ConnectionMode(str, Enum):
@@ -165,3 +203,17 @@ def load_settings(config_file: str | None = None, **overrides) -> HostSettings:
         return HostSettings(**{k: v for k, v in overrides.items() if v is not None})
     finally:
         _config_file.reset(token)
+
+
+def settings_or_exit(program: str, config_file: str | None = None, **overrides) -> HostSettings:
+    """``load_settings``, or exit the program naming the setting that is invalid."""
+    try:
+        return load_settings(config_file, **overrides)
+    except (ValidationError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"{program}: invalid configuration: {e}")
+
+
+def configure_logging(settings: HostSettings) -> None:
+    """One stderr sink for this process: text, or JSON lines carrying pc_id and worker_id."""
+    logger.remove()
+    logger.add(sys.stderr, level=settings.log_level.upper(), serialize=settings.log_json)

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.client import TestPeer, bars_match, dominant_frequency
-from tests.support.host import HostProcess
-
-SMALL_VIDEO = {"video_width": 320, "video_height": 240}
+from tests.support.host import SMALL_VIDEO, HostProcess, host_info, process_alive
 
 
 @pytest.fixture(scope="module")
@@ -21,24 +19,6 @@ def host():
     with HostProcess(workers=2) as running:
         yield running
         print(running.log()[-4000:])
-
-
-async def host_info(peer: TestPeer) -> dict:
-    """The demo bot's RTVI ``host-info`` message, asked for with ``client-ready``."""
-    await peer.send_app_message({"label": "rtvi-ai", "id": "ready-1", "type": "client-ready", "data": {"version": "2.2.0"}})
-    message = await peer.wait_for_message(
-        lambda m: m.get("type") == "server-message" and m["data"].get("type") == "host-info"
-    )
-    return message["data"]
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 async def test_echo_round_trip(host):

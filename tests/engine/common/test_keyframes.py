@@ -1,6 +1,6 @@
 """The keyframe gate: a stream starts at a keyframe, and after a gap waits for the next one, asking once."""
 
-from engine.keyframes import KEYFRAME_RETRY_S, KeyframeGate
+from engine.common.keyframes import KEYFRAME_RETRY_S, KeyframeGate
 
 
 def test_a_stream_starts_at_its_first_keyframe():
@@ -25,7 +25,7 @@ def test_a_gap_drops_up_to_the_next_keyframe_and_asks_once():
 
 def test_a_broken_stream_asks_again_after_the_retry_interval(monkeypatch):
     now = [100.0]
-    monkeypatch.setattr("engine.keyframes.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("engine.common.keyframes.time.monotonic", lambda: now[0])
     requests = []
     gate = KeyframeGate(lambda: requests.append(now[0]))
     gate.break_stream()

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from engine.mailbox import Mailbox, MailboxOverflow
+from engine.common.mailbox import Mailbox, MailboxOverflow
 
 
 def drain(mailbox: Mailbox) -> list:

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from workers.media import (
+from transport.media import (
     FORMAT_CONVERSIONS,
     AudioFramer,
     MediaDecoder,

@@ -3,7 +3,12 @@
 import pytest
 from pydantic import ValidationError
 
-from engine.settings import DEFAULT_CONFIG_FILE, HostSettings, load_settings
+from engine.common.settings import (
+    DEFAULT_CONFIG_FILE,
+    HostSettings,
+    load_settings,
+    parse_port_range,
+)
 
 
 def test_the_default_file_documents_every_option():
@@ -59,3 +64,9 @@ def test_pipecats_sctp_variable_is_the_default(monkeypatch):
     assert load_settings().sctp_max_chunk_size == 1000
     monkeypatch.setenv("SMALLWEBRTC_HOST_SCTP_MAX_CHUNK_SIZE", "900")
     assert load_settings().sctp_max_chunk_size == 900
+
+
+@pytest.mark.parametrize("text", ["40000", "50-60", "40010-40000", "1-70000x"])
+def test_bad_port_ranges(text):
+    with pytest.raises(ValueError, match="ice_udp_port_range"):
+        parse_port_range(text)

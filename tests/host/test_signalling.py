@@ -11,9 +11,8 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from engine.ice import restrict_host_addresses
-from tests.engine.test_engine import SMALL_VIDEO, host_info
 from tests.support.client import TestPeer, bars_match, dominant_frequency
-from tests.support.host import HostProcess
+from tests.support.host import SMALL_VIDEO, HostProcess, host_info
 
 CLIENT_JITTER_BUFFER_FRAMES = 4
 TIMERS = {

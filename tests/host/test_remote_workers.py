@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine.cli import make_keys
-from tests.engine.test_engine import SMALL_VIDEO, host_info
 from tests.support.client import TestPeer
-from tests.support.host import REPO, HostProcess, free_port
+from tests.support.host import REPO, SMALL_VIDEO, HostProcess, free_port, host_info
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from aiortc.codecs import get_decoder, h264, vpx
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from engine.common.protocol import OPUS_FRAME_MS, OPUS_SAMPLE_RATE, bitrate_changed
+
 # One conversion at a time per worker: the workers are the parallelism, and
 # OpenCV's own thread pool only spins against them (measured: a third of a
 # worker's CPU at two sessions).
@@ -265,7 +267,7 @@ class VideoEncoder:
     """Encodes a bot's video for one peer, in the peer's negotiated codec.
 
     The codec is reopened when the frame size or the target bitrate changes
-    (by more than 10%, as aiortc does); its first frame is then a keyframe.
+    (``bitrate_changed``, as aiortc does); its first frame is then a keyframe.
     One thread at a time per encoder: the workers are the parallelism.
     """
 
@@ -311,7 +313,7 @@ class VideoEncoder:
         codec = self._codec
         if codec is not None and (
             (frame.width, frame.height) != (codec.width, codec.height)
-            or abs(self._bitrate - codec.bit_rate) / codec.bit_rate > 0.1
+            or bitrate_changed(codec.bit_rate, self._bitrate)
         ):
             codec = None
         if codec is None:
@@ -341,10 +343,6 @@ class VideoEncoder:
             codec.profile = "Baseline"
             codec.options = self._options
         return codec
-
-
-OPUS_SAMPLE_RATE = 48000
-OPUS_FRAME_MS = 20
 
 
 class OpusEncoder:
