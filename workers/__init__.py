@@ -1,0 +1,6 @@
+"""The worker process: joins an engine, runs one session actor per bot, and hosts the bots.
+
+``python -m workers`` runs one (``smallwebrtc-host worker``). A bot reaches its
+peer through the facade in ``transport``; the worker and the engine share only
+``engine.common``.
+"""
