@@ -2,17 +2,21 @@
 
 Change ``from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport``
 to ``from transport import SmallWebRTCTransport`` and the bot runs on a worker.
+
+Where each part lives: ``bot_transport`` (``SmallWebRTCTransport``, what a bot
+builds), ``processors`` (its input and output processors), ``client``
+(``SmallWebRTCClient``, reading and writing the bot's media), ``connection``
+(``SmallWebRTCConnection``, the bot's handle on its peer, control only),
+``peer_input`` and ``bot_output`` (the media decoded and encoded in the
+worker), ``media`` (codecs, colour conversion, audio framing) and ``tracks``
+(the seed's raw output tracks).
 """
 
+from transport.bot_transport import SmallWebRTCTransport
+from transport.client import SmallWebRTCCallbacks, SmallWebRTCClient
 from transport.connection import SmallWebRTCConnection
+from transport.processors import SmallWebRTCInputTransport, SmallWebRTCOutputTransport
 from transport.tracks import RawAudioTrack, RawVideoTrack
-from transport.transport import (
-    SmallWebRTCCallbacks,
-    SmallWebRTCClient,
-    SmallWebRTCInputTransport,
-    SmallWebRTCOutputTransport,
-    SmallWebRTCTransport,
-)
 
 __all__ = [
     "RawAudioTrack",

@@ -131,8 +131,8 @@ class RawVideoTrack(VideoStreamTrack):
         return frame
 
     def _to_video_frame(self, raw) -> VideoFrame:
-        # The worker sends I420 so the engine only wraps planes; RGB stays
-        # accepted for the seed's callers.
+        # I420 is wrapped as it is, with no conversion; RGB and RGBA are what
+        # the seed's callers send.
         width, height = raw.size if raw.size else (self._width, self._height)
         pixels = np.frombuffer(raw.image, dtype=np.uint8)
         fmt = (raw.format or "RGB").upper()

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from transport.media import rgb_to_i420
+from transport.media.colour import rgb_to_i420
 from transport.tracks import RawAudioTrack, RawVideoTrack
 
 

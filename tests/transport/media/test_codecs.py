@@ -1,0 +1,81 @@
+"""The worker's codecs: video and Opus encoders whose output decodes, and the decoder the peer's frames go through."""
+
+import av
+import numpy as np
+import pytest
+
+from tests.support.client import dominant_frequency
+from tests.support.media import BARS, tone
+from transport.media.codecs import MediaDecoder, OpusEncoder, VideoEncoder, is_keyframe
+from transport.media.colour import rgb_to_i420
+
+BARS_I420 = rgb_to_i420(BARS, BARS.shape[1], BARS.shape[0])
+
+
+@pytest.mark.parametrize(("mime_type", "decoder"), [("video/VP8", "libvpx"), ("video/H264", "h264")])
+def test_video_encoder_output_decodes_to_the_picture(mime_type, decoder):
+    encoder = VideoEncoder(mime_type)
+    decoding = av.CodecContext.create(decoder, "r")
+    frames, keyframes = [], []
+    for index in range(5):
+        data, keyframe = encoder.encode(BARS_I420, index * 3000)
+        keyframes.append(keyframe)
+        frames += decoding.decode(av.Packet(data)) if data else []
+    assert keyframes[0] and not any(keyframes[1:])
+    rgb = frames[-1].to_ndarray(format="rgb24")
+    assert np.abs(rgb.astype(int) - BARS).mean() < 6
+
+
+def test_video_encoder_keyframe_on_request_and_on_bitrate_change():
+    encoder = VideoEncoder("video/VP8")
+    assert [encoder.encode(BARS_I420, i * 3000, keyframe=i == 2)[1] for i in range(4)] == [True, False, True, False]
+    encoder.bitrate = 10**9
+    assert encoder.bitrate == 1_500_000  # aiortc's bounds for VP8
+    assert encoder.encode(BARS_I420, 5 * 3000)[1]  # reopened at the new rate
+
+
+def test_video_encoder_rejects_a_codec_it_does_not_have():
+    with pytest.raises(ValueError, match="no encoder"):
+        VideoEncoder("video/AV1")
+
+
+def test_opus_encoder_one_packet_per_20ms_that_decodes_to_the_tone():
+    encoder = OpusEncoder()
+    decoder = av.CodecContext.create("opus", "r")
+    pcm = tone(440, 48000, 1, 1.0)
+    decoded = []
+    for start in range(0, len(pcm), 1920):
+        packet = encoder.encode(pcm[start : start + 1920])
+        assert packet
+        decoded += [frame.to_ndarray()[0] for frame in decoder.decode(av.Packet(packet))]
+    assert abs(dominant_frequency(np.concatenate(decoded)[4800:], 48000) - 440) < 5
+
+
+def test_opus_encoder_rejects_a_partial_frame():
+    with pytest.raises(ValueError, match="20 ms"):
+        OpusEncoder().encode(bytes(100))
+
+
+@pytest.mark.parametrize("mime_type", ["video/VP8", "video/H264"])
+def test_media_decoder_decodes_what_the_encoder_made_and_keyframes_show(mime_type):
+    encoder, decoder = VideoEncoder(mime_type), MediaDecoder()
+    encoded = [encoder.encode(BARS_I420, index * 3000, keyframe=index == 3) for index in range(5)]
+    assert [is_keyframe(mime_type, data) for data, _ in encoded] == [keyframe for _, keyframe in encoded]
+    assert [keyframe for _, keyframe in encoded] == [True, False, False, True, False]
+    frames = [frame for index, (data, _) in enumerate(encoded) for frame in decoder.decode(mime_type, data, index * 3000)]
+    rgb = frames[-1].to_ndarray(format="rgb24")
+    assert np.abs(rgb.astype(int) - BARS).mean() < 6
+    assert frames[-1].pts == 4 * 3000
+
+
+def test_media_decoder_decodes_opus_and_refuses_an_unknown_codec():
+    decoder = MediaDecoder()
+    frames = decoder.decode("audio/opus", OpusEncoder().encode(bytes(1920)), 960)
+    assert (frames[0].sample_rate, frames[0].samples, frames[0].format.name) == (48000, 960, "s16")
+    with pytest.raises(ValueError):
+        decoder.decode("video/AV1", b"\x00", 0)
+
+
+def test_keyframe_detection_of_unknown_or_empty_frames():
+    assert not is_keyframe("video/VP8", b"")
+    assert not is_keyframe("video/AV1", b"\x00")

@@ -1,0 +1,118 @@
+"""The bot's media on its way to the peer: encoded in the worker, numbered, and bounded on the way to the engine."""
+
+import asyncio
+
+import numpy as np
+
+from engine.common.link import Outbox
+from engine.common.protocol import AudioOutClear, VideoOut
+from tests.support.client import bars_match, colour_bars, dominant_frequency
+from tests.support.media import BARS, PC_ID, next_sent, sent, tone
+from transport.bot_output import AudioOutput, VideoOutput
+from transport.media.codecs import MediaDecoder
+
+
+async def test_audio_before_the_output_opens_is_not_sent():
+    outbox = Outbox("engine")
+    output = AudioOutput(PC_ID, outbox)
+
+    await output.write(tone(440, 48000, 1, 0.1), 48000, 1)
+
+    assert sent(outbox) == []
+
+
+async def test_audio_at_any_rate_becomes_numbered_20ms_opus_packets_at_48khz():
+    outbox = Outbox("engine")
+    output = AudioOutput(PC_ID, outbox)
+    output.open()
+    pcm = tone(440, 24000, 2, 1.0)
+
+    packets = []
+    for start in range(0, len(pcm), 480 * 4):  # 10 ms at a time, acknowledged as they go
+        await output.write(pcm[start : start + 480 * 4], 24000, 2)
+        for message, [data] in sent(outbox):
+            packets.append((message.seq, data))
+            output.acknowledge(message.seq)
+
+    # The resampler holds back a little of the last 20 ms.
+    assert [seq for seq, _ in packets] == list(range(1, len(packets) + 1)) and len(packets) in (49, 50)
+    decoder = MediaDecoder()
+    frames = [frame for _, data in packets for frame in decoder.decode("audio/opus", data, 0)]
+    assert all((frame.sample_rate, frame.samples) == (48000, 960) for frame in frames)
+    left = np.concatenate([frame.to_ndarray()[0][:: len(frame.layout.channels)] for frame in frames])
+    assert abs(dominant_frequency(left, 48000) - 440) < 5
+
+
+async def test_a_cleared_output_drops_the_partial_frame_and_asks_the_engine_to_drop_its_own():
+    outbox = Outbox("engine")
+    output = AudioOutput(PC_ID, outbox)
+    output.open()
+
+    await output.write(tone(440, 48000, 1, 0.01), 48000, 1)
+    output.clear()
+    await output.write(tone(440, 48000, 1, 0.01), 48000, 1)
+
+    # Two 10 ms halves, but the first was dropped: no 20 ms packet yet.
+    assert [message for message, _ in sent(outbox)] == [AudioOutClear(PC_ID)]
+
+
+async def test_closing_releases_a_writer_waiting_for_acknowledgements():
+    outbox = Outbox("engine")
+    output = AudioOutput(PC_ID, outbox)
+    output.open()
+    writing = asyncio.create_task(output.write(tone(440, 48000, 1, 0.1), 48000, 1))
+    await asyncio.sleep(0.05)
+    assert not writing.done()
+
+    output.close()
+
+    await asyncio.wait_for(writing, 2)
+
+
+async def test_video_waits_for_the_negotiated_codec():
+    outbox = Outbox("engine")
+    output = VideoOutput(PC_ID, outbox)
+    output.write(BARS.tobytes(), BARS.shape[1], BARS.shape[0], "RGB")
+    await asyncio.sleep(0.05)
+    assert sent(outbox) == []  # the engine has not said which codec the peer takes
+
+    output.set_codec("video/H264")
+    output.write(BARS.tobytes(), BARS.shape[1], BARS.shape[0], "RGB")
+
+    message, [data] = await next_sent(outbox, VideoOut)
+    assert (message.index, message.keyframe) == (1, True)
+    [frame] = MediaDecoder().decode("video/H264", data, 0)
+    assert bars_match(frame.to_ndarray(format="rgb24"))
+    output.close()
+
+
+async def test_a_newer_image_replaces_one_not_yet_encoded():
+    outbox = Outbox("engine")
+    output = VideoOutput(PC_ID, outbox)
+    output.set_codec("video/VP8")
+    reversed_bars = np.ascontiguousarray(BARS[:, ::-1])
+
+    output.write(BARS.tobytes(), BARS.shape[1], BARS.shape[0], "RGB")
+    output.write(reversed_bars.tobytes(), BARS.shape[1], BARS.shape[0], "RGB")
+
+    message, [data] = await next_sent(outbox, VideoOut)
+    [frame] = MediaDecoder().decode("video/VP8", data, 0)
+    assert message.index == 1 and bars_match(frame.to_ndarray(format="rgb24"), mirrored=True)
+    output.close()
+
+
+async def test_an_image_that_cannot_be_encoded_is_dropped_and_the_next_goes_out():
+    outbox = Outbox("engine")
+    output = VideoOutput(PC_ID, outbox)
+    output.set_codec("video/VP8")
+    rgba = colour_bars(64, 48)
+    rgba = np.dstack([rgba, np.full(rgba.shape[:2], 255, np.uint8)])
+
+    output.write(b"\x00" * 10, 64, 48, "RGB")  # not 64x48 pixels
+    await asyncio.sleep(0.05)
+    output.write(rgba.tobytes(), 64, 48, "RGBA")
+
+    message, [data] = await next_sent(outbox, VideoOut)
+    [frame] = MediaDecoder().decode("video/VP8", data, 0)
+    assert message.index == 1 and (frame.width, frame.height) == (64, 48)
+    output.close()

@@ -1,0 +1,94 @@
+"""The transport a bot builds: Pipecat's events and captures, in a running pipeline on a connection whose engine side the test plays."""
+
+import asyncio
+import json
+
+import pytest
+from pipecat.frames.frames import ClientConnectedFrame, InputTransportMessageFrame, OutputAudioRawFrame
+from pipecat.transports.base_transport import TransportParams, VideoInSourceParams
+
+from engine.common.protocol import AudioOut, MediaCaptureSet, MediaSource
+from tests.support.media import DUE_S, PC_ID, Recorder, engine_side, next_sent, running, tone
+from transport.bot_transport import SmallWebRTCTransport
+
+
+def events_of(bot_transport: SmallWebRTCTransport, *names: str) -> asyncio.Queue:
+    """A queue of ``(event, args)`` for each of the transport's events named."""
+    events = asyncio.Queue()
+    for name in names:
+        bot_transport.event_handler(name)(lambda transport, *args, name=name: events.put_nowait((name, args)))
+    return events
+
+
+async def test_a_connecting_peer_is_captured_as_configured_before_the_bot_hears_of_it():
+    connection, outbox = engine_side()
+    params = TransportParams(video_in_enabled=True, video_in_sources={"screenVideo": VideoInSourceParams(framerate=5)})
+    bot_transport = SmallWebRTCTransport(connection, params)
+    events = events_of(bot_transport, "on_client_connected")
+    recorder = Recorder(ClientConnectedFrame)
+
+    async with running([bot_transport.input(), recorder, bot_transport.output()]):
+        await connection.handle_state("connected")
+        capture, _ = await next_sent(outbox, MediaCaptureSet)
+        event = await asyncio.wait_for(events.get(), DUE_S)
+        await recorder.next()
+
+    assert capture == MediaCaptureSet(PC_ID, MediaSource.SCREEN_VIDEO, True)
+    assert event == ("on_client_connected", (connection,))
+
+
+async def test_app_messages_reach_the_bots_handlers_and_pipeline():
+    connection, _ = engine_side()
+    bot_transport = SmallWebRTCTransport(connection, TransportParams())
+    events = events_of(bot_transport, "on_app_message", "on_client_message")
+    recorder = Recorder(InputTransportMessageFrame)
+
+    async with running([bot_transport.input(), recorder, bot_transport.output()]):
+        await connection.handle_state("connected")
+        await connection.handle_app_message(json.dumps({"hi": 1}))
+        frame = await recorder.next()
+        received = sorted([await asyncio.wait_for(events.get(), DUE_S) for _ in range(2)])
+
+    assert frame.message == {"hi": 1}
+    assert received == [("on_app_message", ({"hi": 1}, PC_ID)), ("on_client_message", ({"hi": 1}, PC_ID))]
+
+
+async def test_a_peer_that_leaves_is_reported_to_the_bot():
+    connection, _ = engine_side()
+    bot_transport = SmallWebRTCTransport(connection, TransportParams())
+    events = events_of(bot_transport, "on_client_disconnected")
+
+    async with running([bot_transport.input(), bot_transport.output()]):
+        await connection.handle_state("connected")
+        await connection.handle_closed()
+        event = await asyncio.wait_for(events.get(), DUE_S)
+
+    assert event == ("on_client_disconnected", (connection,))
+
+
+async def test_capturing_the_peers_video_tells_the_engine_what_to_forward():
+    connection, outbox = engine_side()
+    bot_transport = SmallWebRTCTransport(connection, TransportParams(video_in_enabled=True))
+
+    async with running([bot_transport.input(), bot_transport.output()]):
+        await connection.handle_state("connected")
+        await bot_transport.capture_participant_video(PC_ID, on_request_only=True)
+        on_request, _ = await next_sent(outbox, MediaCaptureSet)
+        with pytest.warns(DeprecationWarning):
+            await bot_transport.capture_participant_video(MediaSource.SCREEN_VIDEO)  # the older form: every frame
+        every_frame, _ = await next_sent(outbox, MediaCaptureSet)
+
+    assert on_request == MediaCaptureSet(PC_ID, MediaSource.CAMERA, False)
+    assert every_frame == MediaCaptureSet(PC_ID, MediaSource.SCREEN_VIDEO, True)
+
+
+async def test_audio_sent_through_the_transport_reaches_the_engine():
+    connection, outbox = engine_side()
+    bot_transport = SmallWebRTCTransport(connection, TransportParams(audio_out_enabled=True))
+
+    async with running([bot_transport.input(), bot_transport.output()]):
+        await connection.handle_state("connected")
+        await bot_transport.send_audio(OutputAudioRawFrame(tone(440, 24000, 1, 0.1), 24000, 1))
+        message, [packet] = await next_sent(outbox, AudioOut)
+
+    assert message.seq == 1 and packet

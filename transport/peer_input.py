@@ -1,0 +1,100 @@
+"""The peer's media as the worker receives it: encoded frames from the engine, decoded here for the bot."""
+
+import asyncio
+from collections.abc import Callable
+
+import av
+from loguru import logger
+
+from engine.common.keyframes import KeyframeGate
+from engine.common.mailbox import Mailbox
+from engine.common.protocol import AUDIO_QUEUE_FRAMES, VIDEO_QUEUE_FRAMES, AudioIn, MediaKind, MediaSource, VideoIn
+from transport.media.codecs import MediaDecoder, is_keyframe
+
+
+class InputTrack:
+    """One of the peer's sources as the worker receives it: encoded frames from the engine, decoded here.
+
+    Audio is decoded as it arrives (tens of microseconds a frame) and keeps the
+    newest ``AUDIO_QUEUE_FRAMES`` frames. Video waits, at most
+    ``VIDEO_QUEUE_FRAMES`` encoded frames, for its decoder, which runs off the
+    event loop and never skips a frame: one lost on the way, or one that does
+    not decode, costs a keyframe (``KeyframeGate``). The bot reads only the
+    newest decoded picture.
+    """
+
+    def __init__(self, source: MediaSource, request_keyframe: Callable[[], None]):
+        """Initialize the track.
+
+        Args:
+            source: The peer's source it carries.
+            request_keyframe: Asks the engine to ask the peer for a keyframe of this source.
+        """
+        self.kind = source.kind
+        self.source = source
+        self._decoder = MediaDecoder()
+        self._decoded: Mailbox[av.AudioFrame | av.VideoFrame] = Mailbox(f"{source} in")
+        self._encoded: Mailbox[tuple[VideoIn, bytes]] = Mailbox(f"{source} encoded")
+        self._gate = KeyframeGate(request_keyframe)
+        self._decoding: asyncio.Task | None = None
+        self._undecodable_warned = False
+        self._enabled = True
+
+    @property
+    def dropped(self) -> int:
+        """Frames dropped because the bot or the decoder fell behind, or they waited for a keyframe."""
+        return self._decoded.dropped_total + self._encoded.dropped_total + self._gate.dropped_frames
+
+    def deliver(self, message: AudioIn | VideoIn, payload: list) -> None:
+        """Take an encoded frame from the engine, dropping by the track's policy."""
+        data = payload[0].bytes
+        if self.kind is MediaKind.AUDIO:
+            for frame in self._decode(message.mime_type, data, message.pts) or ():
+                self._decoded.put_bounded(self.source, frame, AUDIO_QUEUE_FRAMES)
+            return
+        self._encoded.put_bounded(self.source, (message, data), VIDEO_QUEUE_FRAMES)
+        if self._decoding is None:
+            self._decoding = asyncio.create_task(self._decode_video())
+
+    def _decode(self, mime_type: str, data: bytes, pts: int) -> list | None:
+        """The decoded frames, or None (logged once) if the frame does not decode."""
+        try:
+            return self._decoder.decode(mime_type, data, pts)
+        except (ValueError, av.FFmpegError) as e:
+            if not self._undecodable_warned:
+                self._undecodable_warned = True
+                logger.warning(f"{self.source}: dropping a frame that does not decode ({mime_type}): {e}")
+            return None
+
+    async def _decode_video(self) -> None:
+        while True:
+            message, data = await self._encoded.get()
+            if not self._gate.admit(message.index, is_keyframe(message.mime_type, data)):
+                continue
+            frames = await asyncio.to_thread(self._decode, message.mime_type, data, message.pts)
+            if frames is None:
+                self._gate.break_stream()
+            for frame in frames or ():
+                self._decoded.put_latest(self.source, frame)
+
+    async def recv(self) -> av.AudioFrame | av.VideoFrame:
+        """The next decoded frame."""
+        return await self._decoded.get()
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Record whether the peer sends this source (``trackStatus``)."""
+        self._enabled = enabled
+
+    def is_enabled(self) -> bool:
+        """Whether the peer sends this source."""
+        return self._enabled
+
+    async def discard_old_frames(self) -> None:
+        """Drop the frames waiting to be read."""
+        while self._decoded.get_nowait() is not None:
+            pass
+
+    def close(self) -> None:
+        """Stop decoding."""
+        if self._decoding is not None:
+            self._decoding.cancel()
