@@ -2,7 +2,9 @@
 
 The bot's media reaches the engine already encoded (the worker encodes it), so
 the engine gives aiortc an ``EncodedAudioTrack`` and an ``EncodedVideoTrack``
-of packets it only has to packetize.
+of packets it only has to packetize. They use aiortc's public API only; the
+peer's feedback on the video, which aiortc keeps to its sender, reaches the
+bot through ``engine.aiortc_seam``.
 """
 
 import asyncio
@@ -11,15 +13,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from aiortc import MediaStreamTrack, RTCRtpSender
-from aiortc.codecs import get_encoder
+from aiortc import MediaStreamTrack
 from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import Packet
 
 from engine.common.keyframes import KeyframeGate
 from engine.common.pacing import PacedAudioTrack
-from engine.common.protocol import OPUS_FRAME_MS, OPUS_SAMPLE_RATE, bitrate_changed
+from engine.common.protocol import OPUS_FRAME_MS, OPUS_SAMPLE_RATE
 
 # 20 ms of silence as one Opus packet (TOC 0xf8: CELT fullband, 20 ms, mono;
 # then an empty frame), what WebRTC stacks send when there is nothing to say.
@@ -130,51 +130,3 @@ class EncodedVideoTrack(MediaStreamTrack):
         packet.pts = int((now - self._start) / VIDEO_TIME_BASE)
         packet.time_base = VIDEO_TIME_BASE
         return packet
-
-
-class _FeedbackEncoder:
-    """Stands in a sender's encoder so the peer's feedback reaches the bot's encoder in the worker.
-
-    aiortc's sender packs pre-encoded packets with its codec's ``pack`` and
-    writes the peer's bandwidth estimate (REMB) to ``target_bitrate``; both go
-    through this object.
-    """
-
-    def __init__(self, codec: RTCRtpCodecParameters, on_bitrate: Callable[[int], None]):
-        self._packer = get_encoder(codec)
-        self.pack = self._packer.pack
-        self._on_bitrate = on_bitrate
-        self._bitrate = 0
-
-    @property
-    def target_bitrate(self) -> int:
-        return self._bitrate
-
-    @target_bitrate.setter
-    def target_bitrate(self, bitrate: int) -> None:
-        # A smaller change would not make the encoder reopen, so it is not sent.
-        if bitrate_changed(self._bitrate, bitrate):
-            self._bitrate = bitrate
-            self._on_bitrate(bitrate)
-
-
-def forward_sender_feedback(
-    sender: RTCRtpSender,
-    codec: RTCRtpCodecParameters,
-    on_keyframe_request: Callable[[], None],
-    on_bitrate: Callable[[int], None],
-) -> None:
-    """Route a video sender's keyframe requests (PLI, FIR) and bitrate estimates (REMB) to callbacks.
-
-    aiortc acts on them only when it encodes; with pre-encoded packets the
-    encoder is elsewhere and must hear of them. This reaches into the sender's
-    private state, which the tests pin to the aiortc version in use.
-    """
-    force_keyframe = sender._send_keyframe
-
-    def on_rtcp_keyframe_request() -> None:
-        force_keyframe()
-        on_keyframe_request()
-
-    sender._send_keyframe = on_rtcp_keyframe_request
-    sender._RTCRtpSender__encoder = _FeedbackEncoder(codec, on_bitrate)

@@ -6,17 +6,9 @@ import time
 import av
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection
 from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
 
-from engine.tracks import (
-    OPUS_SILENCE,
-    EncodedAudioTrack,
-    EncodedVideoTrack,
-    forward_sender_feedback,
-)
+from engine.tracks import OPUS_SILENCE, EncodedAudioTrack, EncodedVideoTrack
 
 
 async def test_encoded_video_starts_at_a_keyframe_and_asks_for_one():
@@ -61,24 +53,6 @@ async def test_encoded_video_recv_ends_with_the_track():
     track.stop()
     with pytest.raises(MediaStreamError):
         await waiting
-
-
-async def test_sender_feedback_reaches_the_bot_encoder():
-    """PLI and REMB from the peer, parsed by a real aiortc sender, reach the callbacks."""
-    pc = RTCPeerConnection()
-    track = EncodedVideoTrack(lambda: None)
-    sender = pc.addTransceiver(track, direction="sendonly").sender
-    keyframes, bitrates = [], []
-    codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
-    forward_sender_feedback(sender, codec, lambda: keyframes.append(1), bitrates.append)
-    pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc)
-    await sender._handle_rtcp_packet(pli)
-    remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(1_200_000, [sender._ssrc]))
-    await sender._handle_rtcp_packet(remb)
-    await sender._handle_rtcp_packet(remb)  # unchanged: not sent again
-    assert keyframes == [1]
-    assert bitrates == [1_200_000]
-    await pc.close()
 
 
 async def test_encoded_audio_paces_packets_and_fills_gaps_with_silence():

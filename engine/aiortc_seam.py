@@ -1,0 +1,164 @@
+"""Every reach of the engine into aiortc's private state, each in one small function that says why.
+
+aiortc decodes what it receives and encodes what it sends; the engine does
+neither (the workers do), and it drives receivers the bot does not read. Its
+public API has no way to say so, so these functions reach into its receivers,
+senders and transceivers. Nothing else in the engine touches a private member
+of aiortc: ``tests/engine/test_aiortc_seam.py`` checks that every member used
+here still exists on the aiortc version installed, and fails naming it.
+"""
+
+import threading
+from collections.abc import Callable
+
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs import get_encoder
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from loguru import logger
+
+from engine.common.protocol import bitrate_changed
+
+OnEncodedFrame = Callable[[RTCRtpCodecParameters, JitterFrame], None]
+
+# ---- receivers ----
+
+
+class _EncodedFrameTap:
+    """What a tapped receiver takes for its decoder queue."""
+
+    def __init__(self, on_frame: OnEncodedFrame):
+        self._on_frame = on_frame
+        self._stopped = threading.Event()
+
+    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
+        # The receiver, on the event loop: a complete frame, or None when it stops.
+        if item is None:
+            self._stopped.set()
+            return
+        try:
+            self._on_frame(*item)
+        except Exception:
+            # Never into aiortc's packet handling: that would stop the receiver.
+            logger.exception("dropping a peer frame the engine could not hand on")
+
+    def get(self) -> None:
+        # The receiver's decoder thread, which has nothing to decode: None ends it.
+        self._stopped.wait()
+        return None
+
+
+def tap_encoded_frames(receiver: RTCRtpReceiver, on_frame: OnEncodedFrame) -> None:
+    """Have ``receiver`` hand its complete encoded frames to ``on_frame`` instead of decoding them.
+
+    aiortc's receiver reassembles each frame in its jitter buffer and puts
+    ``(codec, frame)`` on a queue that its decoder thread reads. The engine
+    decodes nothing, so the tap stands in that queue: each complete frame goes
+    to ``on_frame`` on the event loop as soon as it is assembled, and the
+    decoder thread only waits for the receiver to stop (its ``None`` still
+    ends the receiver's track).
+
+    Call it before the receiver starts (before the answer is applied); a
+    receiver already tapped keeps its tap.
+
+    Raises:
+        RuntimeError: If the receiver's decoder thread already reads its own queue.
+    """
+    if isinstance(receiver._RTCRtpReceiver__decoder_queue, _EncodedFrameTap):
+        return
+    if receiver._RTCRtpReceiver__decoder_thread is not None:
+        raise RuntimeError("the receiver has started: its frames can no longer be tapped")
+    receiver._RTCRtpReceiver__decoder_queue = _EncodedFrameTap(on_frame)
+
+
+def receiver_enabled(receiver: RTCRtpReceiver) -> bool:
+    """Whether ``receiver`` takes its packets in (see ``enable_receiver``)."""
+    return receiver._enabled
+
+
+def enable_receiver(receiver: RTCRtpReceiver, enabled: bool) -> None:
+    """Have ``receiver`` take its packets in, or drop them on arrival.
+
+    A disabled aiortc receiver neither reassembles nor queues anything, so a
+    source the bot does not read costs nothing and never piles up; aiortc only
+    offers this flag, not an API.
+    """
+    receiver._enabled = enabled
+
+
+def reset_video_jitter_buffer(receiver: RTCRtpReceiver, capacity: int) -> None:
+    """Give a video receiver an empty jitter buffer of ``capacity`` packets.
+
+    A receiver resumed mid-stream still holds the packets from before its
+    pause, and aiortc's buffer would wait forever for the gap to fill; aiortc
+    also has no setting for a receiver's buffer size.
+    """
+    receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=capacity, is_video=True)
+
+
+async def send_picture_loss_indication(receiver: RTCRtpReceiver, ssrc: int) -> None:
+    """Ask the sender of stream ``ssrc`` for a keyframe (RTCP PLI), as aiortc does when its decoder fails.
+
+    The engine does not decode, so aiortc never learns a picture was lost: the
+    worker's decoder does, and the engine sends the request for it.
+    """
+    await receiver._send_rtcp_pli(ssrc)
+
+
+# ---- transceivers and senders ----
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs the last negotiation settled on for ``transceiver``, preferred first (empty before one).
+
+    aiortc sends with the first of them but exposes the list to no public API.
+    """
+    return transceiver._codecs
+
+
+class _FeedbackEncoder:
+    """Stands in a sender's encoder so the peer's feedback reaches the bot's encoder in the worker.
+
+    aiortc's sender packs pre-encoded packets with its codec's ``pack`` and
+    writes the peer's bandwidth estimate (REMB) to ``target_bitrate``; both go
+    through this object.
+    """
+
+    def __init__(self, codec: RTCRtpCodecParameters, on_bitrate: Callable[[int], None]):
+        self._packer = get_encoder(codec)
+        self.pack = self._packer.pack
+        self._on_bitrate = on_bitrate
+        self._bitrate = 0
+
+    @property
+    def target_bitrate(self) -> int:
+        return self._bitrate
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        # A smaller change would not make the encoder reopen, so it is not sent.
+        if bitrate_changed(self._bitrate, bitrate):
+            self._bitrate = bitrate
+            self._on_bitrate(bitrate)
+
+
+def forward_sender_feedback(
+    sender: RTCRtpSender,
+    codec: RTCRtpCodecParameters,
+    on_keyframe_request: Callable[[], None],
+    on_bitrate: Callable[[int], None],
+) -> None:
+    """Route a video sender's keyframe requests (PLI, FIR) and bitrate estimates (REMB) to callbacks.
+
+    aiortc acts on them only when it encodes; with pre-encoded packets the
+    encoder is elsewhere and must hear of them. The sender's keyframe hook is
+    wrapped (it still marks the next frame) and its encoder replaced.
+    """
+    force_keyframe = sender._send_keyframe
+
+    def on_rtcp_keyframe_request() -> None:
+        force_keyframe()
+        on_keyframe_request()
+
+    sender._send_keyframe = on_rtcp_keyframe_request
+    sender._RTCRtpSender__encoder = _FeedbackEncoder(codec, on_bitrate)

@@ -1,0 +1,316 @@
+"""The peer's media to the bot and the bot's media to the peer, on the session's current peer connection.
+
+Peer to bot: the receivers of the sources the bot captures are enabled, the
+others take nothing in; each complete encoded frame goes on to the worker's
+outbox, video frames numbered so a gap shows; and the peer is asked for a
+keyframe when a video source resumes or the worker cannot decode it.
+
+Bot to peer: the bot's output tracks (already encoded by the worker) on the
+first two transceivers, the negotiated video codec told to the worker, and
+the peer's keyframe requests and bandwidth estimates handed on to the bot's
+encoder.
+"""
+
+import asyncio
+import time
+from functools import partial
+
+from aiortc import RTCRtpReceiver, RTCRtpTransceiver
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from prometheus_client import Counter
+
+from engine.aiortc_seam import (
+    enable_receiver,
+    forward_sender_feedback,
+    negotiated_codecs,
+    receiver_enabled,
+    reset_video_jitter_buffer,
+    send_picture_loss_indication,
+    tap_encoded_frames,
+)
+from engine.common.protocol import (
+    AUDIO_QUEUE_FRAMES,
+    AUDIO_TRANSCEIVER_INDEX,
+    RECEIVER_BY_SOURCE,
+    SCREEN_VIDEO_TRANSCEIVER_INDEX,
+    SOURCE_BY_RECEIVER,
+    VIDEO_QUEUE_FRAMES,
+    VIDEO_TRANSCEIVER_INDEX,
+    AudioIn,
+    AudioOutAck,
+    MediaCaptureSet,
+    MediaLane,
+    MediaSource,
+    OutputOpen,
+    VideoIn,
+    VideoOutBitrateSet,
+    VideoOutCodecSet,
+    VideoOutKeyframeRequest,
+)
+from engine.metrics import HostMetrics
+from engine.peer.session import PeerSession
+from engine.tracks import EncodedAudioTrack, EncodedVideoTrack
+
+# Packets a video receiver's jitter buffer holds, which bounds the frame it can
+# assemble: aiortc's 128 (about 150 KB) for the camera; 512 (about 600 KB,
+# libwebrtc's initial packet buffer) for the screen share, whose detailed
+# keyframes are larger than 128 packets and would never decode (as Pipecat).
+VIDEO_JITTER_BUFFER_CAPACITY = {VIDEO_TRANSCEIVER_INDEX: 128, SCREEN_VIDEO_TRANSCEIVER_INDEX: 512}
+# How long a resumed video receiver waits for the sender's first packet to ask it for a keyframe.
+KEYFRAME_REQUEST_WAIT_S = 1.0
+
+
+class PeerMedia:
+    """What the bot captures of the peer, and the bot's output tracks to it."""
+
+    def __init__(self, session: PeerSession, metrics: HostMetrics):
+        """Initialize the part; it acts on the session's peer connection once one is negotiated.
+
+        Args:
+            session: The session it serves.
+            metrics: Where frames are counted.
+        """
+        self._session = session
+        self._metrics = metrics
+        # Which sources the peer sends (``trackStatus``) and which the bot captures.
+        self._enabled_sources = {index: True for index in SOURCE_BY_RECEIVER}
+        self._capture: dict[str, bool] = {}
+        # Each video source's frames are numbered (engine.common.keyframes); a gap means "wait for a keyframe".
+        self._frame_index = {index: 0 for index in SOURCE_BY_RECEIVER}
+        self._bot_was_late = False
+        self._keyframe_requests: set[asyncio.Task] = set()
+        self._output_request: OutputOpen | None = None
+        self._audio_out: EncodedAudioTrack | None = None
+        self._video_out: EncodedVideoTrack | None = None
+        self._answered_at: float | None = None
+        self._first_media_seen = False
+
+    # ---- negotiation ----
+
+    def prepare(self, transceivers: list[RTCRtpTransceiver]) -> None:
+        """Set up the transceivers of an offer before it is answered (the answer starts the receivers)."""
+        # aiortc answers recvonly unless told otherwise: the bot sends on the
+        # first two transceivers (audio, camera) and only receives the rest.
+        for index, transceiver in enumerate(transceivers):
+            transceiver.direction = "sendrecv" if index < 2 else "recvonly"
+            tap_encoded_frames(transceiver.receiver, partial(self._hand_on, index))
+            if index not in SOURCE_BY_RECEIVER:
+                enable_receiver(transceiver.receiver, False)  # a source the contract does not have
+
+    def answered(self) -> None:
+        """Apply what the bot captures and sends to the connection just answered."""
+        for index in SOURCE_BY_RECEIVER:
+            self._apply_capture(index)
+        self._attach_outputs()
+        if self._answered_at is None:
+            self._answered_at = time.monotonic()
+
+    # ---- the peer's media, to the bot ----
+
+    def bot_connected(self, peer_connected: bool) -> None:
+        """The bot is ready (``SessionConnect``); ``peer_connected``: the peer was first."""
+        self._bot_was_late = peer_connected
+
+    def set_capture(self, request: MediaCaptureSet) -> bool:
+        """Start or stop forwarding one of the peer's sources to the bot.
+
+        Returns:
+            Whether to ask the peer for a new offer: the bot starts a video
+            source of a peer that connected before it, and the next scheduled
+            keyframe may be far.
+        """
+        index = RECEIVER_BY_SOURCE.get(request.source)
+        if index is None:
+            self._session.log.warning(f"peer {self._session.pc_id}: the bot asked for an unknown source {request.source!r}")
+            return False
+        starting = not self._wanted(index)
+        self._capture[request.source] = request.enabled
+        self._apply_capture(index)
+        if starting and index != AUDIO_TRANSCEIVER_INDEX and self._wanted(index) and self._bot_was_late:
+            self._bot_was_late = False
+            return True
+        return False
+
+    def set_source_enabled(self, index: int, enabled: bool) -> None:
+        """The peer turned the source of receiver ``index`` on or off (``trackStatus``)."""
+        self._enabled_sources[index] = enabled
+        self._apply_capture(index)
+
+    def ask_peer_for_keyframe(self, source: MediaSource) -> None:
+        """Ask the peer for a keyframe of ``source`` if the bot reads it (the worker cannot decode it)."""
+        index = RECEIVER_BY_SOURCE.get(source)
+        if index is not None and self._wanted(index):
+            self._ask_peer_for_keyframe(index)
+
+    def new_bot(self) -> None:
+        """A fresh bot takes the session over: it captures nothing yet, and the lost bot's audio is not its to finish."""
+        self._capture = {}
+        self._bot_was_late = False
+        if self._audio_out is not None:
+            self._audio_out.clear()
+        for index in SOURCE_BY_RECEIVER:
+            self._apply_capture(index)
+
+    def stop_forwarding(self) -> None:
+        """Forget the frames on their way to the worker and the keyframe requests under way (connection or worker gone)."""
+        for task in self._keyframe_requests:
+            task.cancel()
+        self._keyframe_requests.clear()
+        self._session.worker.outbox.forget_session(self._session.pc_id)
+
+    def _wanted(self, index: int) -> bool:
+        """Whether the bot wants this source now (captured, and not muted if it is video)."""
+        if not self._capture.get(SOURCE_BY_RECEIVER[index], False):
+            return False
+        return index == AUDIO_TRANSCEIVER_INDEX or self._enabled_sources[index]
+
+    def _receiver(self, index: int) -> RTCRtpReceiver | None:
+        pc = self._session.pc
+        transceivers = pc.getTransceivers() if pc else []
+        return transceivers[index].receiver if index < len(transceivers) else None
+
+    def _apply_capture(self, index: int) -> None:
+        receiver = self._receiver(index)
+        if receiver is None:
+            return
+        wanted = self._wanted(index)
+        if wanted and not receiver_enabled(receiver) and index != AUDIO_TRANSCEIVER_INDEX:
+            # Resuming mid-stream: the jitter buffer still holds the packets
+            # from before the pause, and nothing decodes before the next keyframe.
+            reset_video_jitter_buffer(receiver, VIDEO_JITTER_BUFFER_CAPACITY[index])
+            # The stream resumes mid-way: a gap, so the worker waits for a keyframe.
+            self._frame_index[index] += 1
+            self._ask_peer_for_keyframe(index)
+        enable_receiver(receiver, wanted)
+
+    def _ask_peer_for_keyframe(self, index: int) -> None:
+        receiver = self._receiver(index)
+        if receiver is None:
+            return
+        task = asyncio.create_task(self._request_keyframe(receiver))
+        self._keyframe_requests.add(task)
+        task.add_done_callback(self._keyframe_requests.discard)
+
+    async def _request_keyframe(self, receiver: RTCRtpReceiver) -> None:
+        """Ask the sender for a keyframe: video resumed mid-stream decodes nothing until one comes."""
+        deadline = time.monotonic() + KEYFRAME_REQUEST_WAIT_S
+        # The sender's SSRC is known once one of its packets has arrived.
+        while not (sources := receiver.getSynchronizationSources()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for source in sources:
+            await send_picture_loss_indication(receiver, source.source)
+
+    def _hand_on(self, index: int, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+        """Send a complete encoded frame of the peer's to the worker, if its bot is there to read it."""
+        # A disabled receiver assembles nothing: every frame here is one the bot captures.
+        source = SOURCE_BY_RECEIVER.get(index)
+        if source is None:
+            return
+        session = self._session
+        lane = MediaLane(session.pc_id, source.kind, source)
+        if index == AUDIO_TRANSCEIVER_INDEX:
+            if session.bot_ready:
+                message = AudioIn(session.pc_id, codec.mimeType, frame.timestamp)
+                session.worker.outbox.send_bounded(lane, AUDIO_QUEUE_FRAMES, message, frame.data)
+                self._metrics.audio_in.inc()
+            return
+        self._frame_index[index] += 1
+        if session.bot_ready:
+            message = VideoIn(session.pc_id, source, codec.mimeType, self._frame_index[index], frame.timestamp)
+            session.worker.outbox.send_bounded(lane, VIDEO_QUEUE_FRAMES, message, frame.data)
+            self._metrics.video_in.inc()
+
+    # ---- the bot's media, to the peer ----
+
+    def open_outputs(self, request: OutputOpen) -> None:
+        """Give the peer the bot's output tracks (``OutputOpen``), now and after every negotiation."""
+        self._output_request = request
+        self._attach_outputs()
+
+    def play_audio(self, seq: int, packet: bytes) -> None:
+        """Queue a packet of bot audio; the worker hears it was taken (``AudioOutAck``) when the sender takes it."""
+        self._count_bot_media(self._metrics.audio_out)
+        if self._audio_out is None:
+            self._session.to_worker(AudioOutAck(self._session.pc_id, seq))
+            return
+        done = self._audio_out.add_packet(packet)
+        done.add_done_callback(lambda _: self._session.to_worker(AudioOutAck(self._session.pc_id, seq)))
+
+    def clear_audio(self) -> None:
+        """Drop the bot audio not sent yet (the bot was interrupted)."""
+        if self._audio_out is not None:
+            self._audio_out.clear()
+
+    def show_video(self, frame: bytes, index: int, keyframe: bool) -> None:
+        """Queue an encoded frame of bot video; a frame before the output track is opened is dropped."""
+        if self._video_out is None:
+            return
+        self._count_bot_media(self._metrics.video_out)
+        dropped = self._video_out.dropped_frames
+        self._video_out.add_encoded_frame(frame, index, keyframe)
+        if self._video_out.dropped_frames > dropped:
+            self._metrics.frames_dropped.labels("video", "output_track").inc(self._video_out.dropped_frames - dropped)
+
+    def _count_bot_media(self, counter: Counter) -> None:
+        counter.inc()
+        if not self._first_media_seen and self._answered_at is not None:
+            self._first_media_seen = True
+            self._metrics.first_media.observe(time.monotonic() - self._answered_at)
+
+    def _attach_outputs(self) -> None:
+        """Give the current peer connection the bot's output tracks.
+
+        aiortc stops a sender's track with its peer connection, so a restarted
+        connection gets fresh tracks; the old audio's waiters are released.
+        """
+        request = self._output_request
+        pc = self._session.pc
+        if pc is None or request is None:
+            return
+        if self._audio_out is not None and self._audio_out.readyState != "live":
+            self._audio_out.clear()
+            self._audio_out = None
+        if self._video_out is not None and self._video_out.readyState != "live":
+            self._video_out = None
+        transceivers = pc.getTransceivers()
+        if self._audio_out is None and request.audio and self._sends_opus(transceivers):
+            self._audio_out = EncodedAudioTrack(request.audio_auto_silence)
+        if self._video_out is None and request.video:
+            self._video_out = EncodedVideoTrack(self._request_bot_keyframe, VIDEO_QUEUE_FRAMES)
+        for index, track in ((AUDIO_TRANSCEIVER_INDEX, self._audio_out), (VIDEO_TRANSCEIVER_INDEX, self._video_out)):
+            if track is not None and len(transceivers) > index and transceivers[index].sender.track is not track:
+                if index == VIDEO_TRANSCEIVER_INDEX:
+                    self._hand_feedback_to_bot(transceivers[index])
+                transceivers[index].sender.replaceTrack(track)
+        if self._video_out is not None and len(transceivers) > VIDEO_TRANSCEIVER_INDEX:
+            # Every worker that opens outputs, and every new negotiation, learns the codec.
+            codecs = negotiated_codecs(transceivers[VIDEO_TRANSCEIVER_INDEX])
+            if codecs:
+                self._session.to_worker(VideoOutCodecSet(self._session.pc_id, codecs[0].mimeType))
+
+    def _sends_opus(self, transceivers: list[RTCRtpTransceiver]) -> bool:
+        # The worker encodes bot audio as Opus, which every browser offers first.
+        if len(transceivers) <= AUDIO_TRANSCEIVER_INDEX:
+            return False
+        codecs = negotiated_codecs(transceivers[AUDIO_TRANSCEIVER_INDEX])
+        if codecs and codecs[0].mimeType.lower() == "audio/opus":
+            return True
+        self._session.log.warning(f"peer {self._session.pc_id}: the peer did not negotiate Opus; the bot's audio is not sent")
+        return False
+
+    def _hand_feedback_to_bot(self, transceiver: RTCRtpTransceiver) -> None:
+        """Have the peer's keyframe requests and bandwidth estimates for the bot's video reach its encoder."""
+        # aiortc sends with the first negotiated codec.
+        codecs = negotiated_codecs(transceiver)
+        if not codecs:
+            return
+        forward_sender_feedback(
+            transceiver.sender,
+            codecs[0],
+            self._request_bot_keyframe,
+            lambda bitrate: self._session.to_worker(VideoOutBitrateSet(self._session.pc_id, bitrate)),
+        )
+
+    def _request_bot_keyframe(self) -> None:
+        self._session.to_worker(VideoOutKeyframeRequest(self._session.pc_id))

@@ -1,0 +1,77 @@
+"""The peer's media to the bot (what it captures, numbered frames, gaps) and the bot's output tracks to the peer."""
+
+from engine.common.protocol import (
+    AudioIn,
+    AudioOut,
+    AudioOutAck,
+    MediaCaptureSet,
+    MediaSource,
+    OutputOpen,
+    SessionConnect,
+    TrackStatusChange,
+    VideoIn,
+    VideoOut,
+    VideoOutCodecSet,
+    VideoOutKeyframeRequest,
+)
+from engine.tracks import OPUS_SILENCE
+from tests.support.peers import PC_ID, PeerRig
+
+
+def payloads(rig: PeerRig, kind: type) -> list[bytes]:
+    return [bytes(payload[0]) for message, payload in rig.worker.received if isinstance(message, kind)]
+
+
+async def test_captured_sources_reach_the_worker_as_numbered_frames():
+    async with PeerRig(send_media=True) as rig:
+        await rig.connect()
+        rig.from_bot(SessionConnect(PC_ID))
+        rig.from_bot(MediaCaptureSet(PC_ID, MediaSource.MICROPHONE, True))
+        rig.from_bot(MediaCaptureSet(PC_ID, MediaSource.CAMERA, True))
+        audio = await rig.worker.wait_for(AudioIn, count=5)
+        video = await rig.worker.wait_for(VideoIn, count=5)
+
+        assert {(m.mime_type, m.session_id) for m in audio} == {("audio/opus", PC_ID)}
+        assert {(m.source, m.mime_type) for m in video} == {(MediaSource.CAMERA, "video/VP8")}
+        assert all(payloads(rig, AudioIn)) and all(payloads(rig, VideoIn))
+        # Counted from 1, which the camera's start took: a gap, so the worker waits for a keyframe.
+        indexes = [m.index for m in video]
+        assert indexes == list(range(2, 2 + len(indexes)))
+        # The peer connected before the bot was ready: it is asked for a new offer, and a fresh keyframe.
+        assert rig.client.signalling() == [{"type": "renegotiate"}]
+
+
+async def test_a_source_the_peer_turns_off_and_on_again_resumes_after_a_gap():
+    async with PeerRig(send_media=True) as rig:
+        await rig.connect()
+        rig.from_bot(SessionConnect(PC_ID))
+        rig.from_bot(MediaCaptureSet(PC_ID, MediaSource.CAMERA, True))
+        await rig.worker.wait_for(VideoIn, count=3)
+
+        rig.client.send_signalling({"type": "trackStatus", "receiver_index": 1, "enabled": False})
+        await rig.worker.wait_for(TrackStatusChange)
+        rig.client.send_signalling({"type": "trackStatus", "receiver_index": 1, "enabled": True})
+        await rig.worker.wait_for(TrackStatusChange, count=2)
+        last = max(m.index for m in rig.worker.messages(VideoIn))
+        [resumed, *_] = await rig.worker.wait_for(VideoIn, lambda m: m.index > last)
+        assert resumed.index == last + 2
+
+
+async def test_the_bot_output_tracks_tell_the_worker_the_codec_acknowledge_audio_and_ask_for_keyframes():
+    async with PeerRig() as rig:
+        await rig.connect()
+        # Before its output track is open, bot audio is acknowledged at once.
+        rig.from_bot(AudioOut(PC_ID, seq=0), OPUS_SILENCE)
+        await rig.worker.wait_for(AudioOutAck)
+
+        rig.from_bot(OutputOpen(PC_ID, audio=True, audio_auto_silence=True, video=True))
+        assert await rig.worker.wait_for(VideoOutCodecSet) == [VideoOutCodecSet(PC_ID, "video/VP8")]
+        rig.from_bot(AudioOut(PC_ID, seq=1), OPUS_SILENCE)
+        await rig.worker.wait_for(AudioOutAck, count=2)
+        assert rig.worker.messages(AudioOutAck) == [AudioOutAck(PC_ID, 0), AudioOutAck(PC_ID, 1)]
+
+        # Video must start at a keyframe: the encoder is asked for one, and the frame is counted as dropped.
+        rig.from_bot(VideoOut(PC_ID, index=1, keyframe=False), b"delta")
+        assert await rig.worker.wait_for(VideoOutKeyframeRequest) == [VideoOutKeyframeRequest(PC_ID)]
+        dropped = {"kind": "video", "reason": "output_track"}
+        assert rig.metrics.registry.get_sample_value("smallwebrtc_frames_dropped_total", dropped) == 1

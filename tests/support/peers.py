@@ -1,0 +1,238 @@
+"""Real aiortc peers on loopback for the engine's unit tests, and a worker whose messages a test reads.
+
+``PeerRig`` runs a ``PeerActor`` for one ``ClientPeer`` (the browser's side,
+a real aiortc peer connection) with a ``TestWorker`` in place of the worker
+process: a real ``WorkerHandle`` and ``Outbox``, pumped into a list the test
+reads. Everything stays on 127.0.0.1 and no ICE server is ever asked.
+"""
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import TypeVar
+
+import zmq
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+from engine.common.link import Frames, Outbox
+from engine.common.protocol import FromEngine, SessionOpen, decode_from_engine
+from engine.common.settings import HostSettings
+from engine.ice import restrict_host_addresses
+from engine.metrics import HostMetrics, SessionOutcome
+from engine.peer import PeerActor
+from engine.registry import WorkerHandle
+
+PC_ID = "pc-test"
+# How long a test waits for something that should come within a second or two.
+WAIT_S = 10.0
+
+M = TypeVar("M")
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Gather host candidates on 127.0.0.1 only, for the duration."""
+    restrict_host_addresses(["127.0.0.1"])
+    try:
+        yield
+    finally:
+        restrict_host_addresses([])
+
+
+def client_pc() -> RTCPeerConnection:
+    """A peer connection that asks no ICE server (``None`` would make aiortc use a public STUN server)."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+class TestWorker:
+    """A worker as the engine sees it: a real handle whose outbox is pumped into ``received``."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, worker_id: str):
+        """Initialize the worker; ``async with`` it to start its pump.
+
+        Args:
+            worker_id: Its id.
+        """
+        self.handle = WorkerHandle(
+            worker_id=worker_id,
+            pid=0,
+            hostname="localhost",
+            capacity=1,
+            outbox=Outbox(f"outbox to worker {worker_id}"),
+        )
+        self.received: list[tuple[FromEngine, list[bytes]]] = []
+        self._arrived = asyncio.Event()
+
+    async def __aenter__(self) -> "TestWorker":
+        self.handle.pump_task = asyncio.create_task(self.handle.outbox.pump(self._receive))
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.handle.pump_task.cancel()
+
+    async def _receive(self, frames: Frames) -> None:
+        self.received.append((decode_from_engine(frames[0]), frames[1:]))
+        self._arrived.set()
+
+    def messages(self, kind: type[M]) -> list[M]:
+        """The messages of this type received so far, in order."""
+        return [message for message, _ in self.received if isinstance(message, kind)]
+
+    async def wait_for(self, kind: type[M], matches: Callable[[M], bool] = lambda _: True, count: int = 1) -> list[M]:
+        """Wait until ``count`` messages of ``kind`` that ``matches`` have arrived; return them all.
+
+        Raises:
+            TimeoutError: If they do not come within ``WAIT_S``.
+        """
+        async with asyncio.timeout(WAIT_S):
+            while len(found := [m for m in self.messages(kind) if matches(m)]) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return found
+
+
+class ClientPeer:
+    """The browser's side: the contract's three transceivers (0 audio, 1 camera, 2 screen share) and a "chat" channel."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, send_media: bool):
+        """Initialize the peer.
+
+        Args:
+            send_media: Send a silent microphone and a camera (else the transceivers carry nothing).
+        """
+        self._send_media = send_media
+        self.received: list[str] = []
+        self._arrived = asyncio.Event()
+        self._new_pc()
+
+    def _new_pc(self) -> None:
+        self.pc = client_pc()
+        audio, video = (AudioStreamTrack(), VideoStreamTrack()) if self._send_media else ("audio", "video")
+        self.pc.addTransceiver(audio, direction="sendrecv")
+        self.pc.addTransceiver(video, direction="sendrecv")
+        self.pc.addTransceiver("video", direction="sendonly")
+        self.channel = self.pc.createDataChannel("chat", ordered=True)
+        self._opened = asyncio.Event()
+        self.channel.on("open", self._opened.set)
+        self.channel.on("message", self._receive)
+
+    def _receive(self, message: str) -> None:
+        self.received.append(message)
+        self._arrived.set()
+
+    async def negotiate(self, actor: PeerActor, restart_pc: bool = False) -> dict:
+        """Offer to ``actor`` and apply its answer; return the answer."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = self.pc.localDescription
+        answer = await actor.offer(offer.sdp, offer.type, restart_pc)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        return answer
+
+    async def restart(self, actor: PeerActor) -> dict:
+        """Replace the peer connection, as the web client does after a failure, and offer the new one with ``restart_pc``."""
+        await self.pc.close()
+        self._new_pc()
+        return await self.negotiate(actor, restart_pc=True)
+
+    async def close(self) -> None:
+        """Close the peer connection."""
+        await self.pc.close()
+
+    async def wait_until_open(self) -> None:
+        """Wait for the data channel to open."""
+        async with asyncio.timeout(WAIT_S):
+            await self._opened.wait()
+
+    def send_signalling(self, message: dict) -> None:
+        """Send a signalling message to the host."""
+        self.channel.send(json.dumps({"type": "signalling", "message": message}))
+
+    def signalling(self) -> list[dict]:
+        """The signalling messages received, in order."""
+        envelopes = [json.loads(text) for text in self.received]
+        return [e["message"] for e in envelopes if isinstance(e, dict) and e.get("type") == "signalling"]
+
+    async def wait_for(self, matches: Callable[[list[str]], bool]) -> None:
+        """Wait until what was received ``matches``."""
+        async with asyncio.timeout(WAIT_S):
+            while not matches(self.received):
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+class PeerRig:
+    """A ``PeerActor`` answering a ``ClientPeer`` on loopback, its bot on a ``TestWorker``.
+
+    Attributes:
+        actor: The actor under test, run from entry to exit.
+        client: The browser's side.
+        worker: The worker that runs the session's bot.
+        made: The configuration and peer connection of each ``pc_factory`` call.
+        ended: The actor, once its session has ended (``on_ended``).
+        metrics: The metrics it counts in.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, send_media: bool = False, **settings):
+        """Initialize the rig; ``async with`` it to run it.
+
+        Args:
+            send_media: Whether the client sends a microphone and a camera.
+            **settings: ``HostSettings`` for the actor (its timers).
+        """
+        self._send_media = send_media
+        self._settings = HostSettings(ice_servers=[], **settings)
+        self.worker = TestWorker("worker-1")
+        self.made: list[tuple[RTCConfiguration, RTCPeerConnection]] = []
+        self.ended: list[PeerActor] = []
+        # The gauges read the engine at scrape time: this stand-in has one live peer and no worker.
+        no_engine = SimpleNamespace(live_peer_count=lambda: 1, draining=False, loop_lag_ms=0.0, registry=[])
+        self.metrics = HostMetrics(no_engine)
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> "PeerRig":
+        self._stack.enter_context(loopback_only())
+        await self._stack.enter_async_context(self.worker)
+        self.client = ClientPeer(self._send_media)
+        self._stack.push_async_callback(self.client.close)
+        opening = SessionOpen(PC_ID, runner_session_id="runner-1")
+        self.actor = PeerActor(
+            opening, self._settings, self.worker.handle, self.metrics, self.ended.append, pc_factory=self._make_pc
+        )
+        self._stack.push_async_callback(self._stop_actor, asyncio.create_task(self.actor.run()))
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self._stack.aclose()
+
+    def _make_pc(self, config: RTCConfiguration) -> RTCPeerConnection:
+        pc = RTCPeerConnection(config)
+        self.made.append((config, pc))
+        return pc
+
+    async def _stop_actor(self, run: asyncio.Task) -> None:
+        self.actor.close("test over", SessionOutcome.HOST_STOPPED)
+        async with asyncio.timeout(WAIT_S):
+            await run
+
+    async def connect(self) -> dict:
+        """Negotiate and wait for the data channel to open; return the answer."""
+        answer = await self.client.negotiate(self.actor)
+        await self.client.wait_until_open()
+        return answer
+
+    def from_bot(self, message, *payload: bytes) -> None:
+        """Hand the actor a message from its worker, its media in frames as the link delivers them."""
+        self.actor.deliver(message, [zmq.Frame(data) for data in payload])
+
+    def sessions_ended(self, outcome: SessionOutcome) -> float:
+        """How many sessions the metrics count as ended with ``outcome``."""
+        return self.metrics.registry.get_sample_value("smallwebrtc_sessions_total", {"outcome": outcome}) or 0.0
