@@ -19,11 +19,12 @@ from engine.common.settings import (
     parse_port_range,
     settings_or_exit,
 )
-from engine.engine import Engine
+from engine.engine_pool import EnginePool
+from engine.front import FORWARD_TIMEOUT_S, create_front_app
 from engine.ice import PortRangeLoop
-from engine.shards import FORWARD_TIMEOUT_S, EngineShards, create_front_app
+from engine.local_workers import WORKER_STOP_GRACE_S, LocalWorkers
+from engine.sessions import Engine
 from engine.signaling import create_app
-from engine.supervisor import WORKER_STOP_GRACE_S, LocalWorkers
 
 
 class _Server(uvicorn.Server):
@@ -84,10 +85,10 @@ async def serve(settings: HostSettings, config_file: str | None = None) -> None:
 async def serve_engines(settings: HostSettings, config_file: str | None = None) -> None:
     """Run ``settings.engines`` engines, each with its share of the local workers, behind one HTTP address."""
     client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S)
-    shards = EngineShards(settings, config_file, client)
+    pool = EnginePool(settings, config_file, client)
     server = _Server(
         uvicorn.Config(
-            create_front_app(shards, client), host=settings.host, port=settings.port,
+            create_front_app(pool, client), host=settings.host, port=settings.port,
             log_level=settings.log_level.lower(), loop="none", lifespan="off",
         )
     )
@@ -97,20 +98,20 @@ async def serve_engines(settings: HostSettings, config_file: str | None = None) 
         # Each engine drains on the first signal and stops at once on the second, as one engine does.
         nonlocal signals
         signals += 1
-        shards.signal_all(signal.SIGTERM)
+        pool.signal_all(signal.SIGTERM)
         if signals > 1:
             server.should_exit = True
 
     def all_ended():
         server.should_exit = True
 
-    shards.on_all_ended = all_ended
+    pool.on_all_ended = all_ended
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
         try:
-            await shards.start()
+            await pool.start()
         except RuntimeError as e:
             sys.exit(f"smallwebrtc-host: {e}")
         _warn_if_open(settings)
@@ -121,7 +122,7 @@ async def serve_engines(settings: HostSettings, config_file: str | None = None) 
         )
         await server.serve()
     finally:
-        await shards.stop(grace_s=WORKER_STOP_GRACE_S + 5)
+        await pool.stop(grace_s=WORKER_STOP_GRACE_S + 5)
         await client.aclose()
         logger.info("smallwebrtc-host stopped")
 

@@ -14,7 +14,7 @@ from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.engine import Engine, OfferRejected
+from engine.sessions import Engine, OfferRejected
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Sessions registered by /start and not yet ended, oldest forgotten first.

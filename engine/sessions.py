@@ -1,39 +1,23 @@
-"""The engine: the one process that owns every peer and every worker link."""
+"""The engine's sessions: one peer actor per session, placed on a worker, moved off a lost one, drained."""
 
 import asyncio
 import os
-import shutil
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import aiortc.rtcsctptransport
-import msgspec
-import zmq
-import zmq.asyncio
 from loguru import logger
-from zmq.auth.asyncio import AsyncioAuthenticator
-from zmq.utils.monitor import recv_monitor_message
 
-from engine.common.link import bind_router
-from engine.common.protocol import (
-    EngineHeartbeat,
-    SessionMessage,
-    SessionOpen,
-    WorkerAccept,
-    WorkerHeartbeat,
-    WorkerRegister,
-    WorkerStop,
-    decode_from_worker,
-)
+from engine.common.protocol import SessionMessage, SessionOpen
 from engine.common.settings import ConnectionMode, HostSettings
 from engine.ice import announce_address, restrict_host_addresses
 from engine.metrics import HostMetrics, SessionOutcome
 from engine.peer import PeerActor, SignalingError
 from engine.registry import WorkerHandle, WorkerRegistry
+from engine.worker_link import WorkerLink
 
 
 class OfferRejected(Exception):
@@ -54,7 +38,7 @@ class OfferRejected(Exception):
 
 
 class Engine:
-    """Owns the peer actors, the worker registry and the ZeroMQ socket between them."""
+    """Owns the peer actors and the link to the workers that run their bots."""
 
     def __init__(self, settings: HostSettings):
         """Initialize the engine; ``start()`` binds it.
@@ -65,67 +49,41 @@ class Engine:
         self.settings = settings
         self.engine_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.peers: dict[str, PeerActor] = {}
-        self.endpoint = settings.engine_endpoint
-        self._runtime_dir: str | None = None
-        self._context = zmq.asyncio.Context()
-        self._router: zmq.asyncio.Socket | None = None
-        self.registry: WorkerRegistry | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._local_workers: dict[str, Any] = {}
-        self._authenticator: AsyncioAuthenticator | None = None
         self._peer_tasks: set[asyncio.Task] = set()
         self.metrics = HostMetrics(self)
-        self.loop_lag_ms = 0.0
+        self._link = WorkerLink(
+            settings, self.engine_id, self._deliver, self._move_sessions, self.metrics.count_drop("engine_outbox")
+        )
         self.draining = False
         self.on_drained: Callable[[], None] | None = None
         self._drain_task: asyncio.Task | None = None
         self.log = logger.bind(engine_id=self.engine_id)
+
+    @property
+    def endpoint(self) -> str:
+        """Where workers reach the engine (a private ipc endpoint once started, if none was set)."""
+        return self._link.endpoint
+
+    @property
+    def registry(self) -> WorkerRegistry | None:
+        """The live workers (None until started)."""
+        return self._link.registry
+
+    @property
+    def loop_lag_ms(self) -> float:
+        """How late the engine's event loop last woke up."""
+        return self._link.loop_lag_ms
 
     async def start(self) -> None:
         """Apply the process-wide aiortc settings and bind the worker socket."""
         restrict_host_addresses(self.settings.ice_host_addresses)
         # aiortc has no setting for this; see config/host.toml.
         aiortc.rtcsctptransport.USERDATA_MAX_LENGTH = self.settings.sctp_max_chunk_size
-        if not self.endpoint:
-            self._runtime_dir = tempfile.mkdtemp(prefix="smallwebrtc-host-")
-            self.endpoint = f"ipc://{self._runtime_dir}/engine.sock"
-        if self.settings.curve_secret_key_file:
-            self._start_authenticator()
-        self._router = bind_router(self._context, self.endpoint, self.settings.curve_secret_key_file)
-        self.registry = WorkerRegistry(self._router, self.metrics.count_drop("engine_outbox"))
-        self._tasks = [
-            asyncio.create_task(self._receive(), name="engine-receive"),
-            asyncio.create_task(self._supervise(), name="engine-supervise"),
-        ]
-        if self._authenticator is not None:
-            self._tasks.append(asyncio.create_task(self._log_refusals(), name="engine-refusals"))
-        self.log.info(f"engine {self.engine_id} listening for workers on {self.endpoint}")
+        self._link.start()
 
-    def _start_authenticator(self) -> None:
-        """Let only workers whose public key is in curve_authorized_keys_dir connect."""
-        keys_dir = self.settings.curve_authorized_keys_dir
-        if not os.path.isdir(keys_dir):
-            raise ValueError(f"curve_authorized_keys_dir: {keys_dir!r} is not a directory")
-        self._authenticator = AsyncioAuthenticator(self._context)
-        self._authenticator.start()
-        self._authenticator.configure_curve(domain="*", location=keys_dir)
-
-    async def _log_refusals(self) -> None:
-        monitor = self._router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
-        try:
-            while True:
-                event = await recv_monitor_message(monitor)
-                self.log.error(
-                    f"refused a worker connection on {event['endpoint'].decode(errors='replace')}: "
-                    "its key is not in curve_authorized_keys_dir (or it does not speak CurveZMQ)"
-                )
-        finally:
-            self._router.disable_monitor()
-            monitor.close(linger=0)
-
-    def watch_local_worker(self, worker_id: str, process) -> None:
+    def watch_local_worker(self, worker_id: str, process: asyncio.subprocess.Process) -> None:
         """Declare a worker dead as soon as its local process exits, not only when its heartbeats stop."""
-        self._local_workers[worker_id] = process
+        self._link.watch_local_worker(worker_id, process)
 
     async def stop(self) -> None:
         """End every session, tell workers to leave, and release the socket and its files."""
@@ -134,22 +92,9 @@ class Engine:
         deadline = time.monotonic() + 2.0
         while self.peers and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for handle in self.registry or []:
-            handle.outbox.send(WorkerStop("engine stopping"))
-        # Give the pumps a moment to deliver the stops before the socket goes.
-        await asyncio.sleep(0.2)
-        for task in [*self._tasks, self._drain_task]:
-            if task is not None:
-                task.cancel()
-        for handle in self.registry or []:
-            self.registry.remove(handle, "engine stopped")
-        if self._router is not None:
-            self._router.close(linger=0)
-        if self._authenticator is not None:
-            self._authenticator.stop()
-        self._context.term()
-        if self._runtime_dir:
-            shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        await self._link.stop()
+        if self._drain_task is not None:
+            self._drain_task.cancel()
 
     # ---- signaling entry points ----
 
@@ -270,81 +215,29 @@ class Engine:
     def _peer_ended(self, peer: PeerActor) -> None:
         self.peers.pop(peer.pc_id, None)
 
-    # ---- the worker link ----
+    # ---- what the worker link reports ----
 
-    async def _receive(self) -> None:
-        while True:
-            parts = await self._router.recv_multipart(copy=False)
-            identity = parts[0].bytes.decode(errors="replace")
-            try:
-                message = decode_from_worker(parts[1].buffer)
-            except (msgspec.DecodeError, IndexError) as e:
-                self.log.warning(f"dropping an unreadable message from worker {identity}: {e}")
-                continue
-            try:
-                self._dispatch(identity, message, parts[2:])
-            except Exception:
-                self.log.exception(f"error handling {type(message).__name__} from worker {identity}")
-
-    def _dispatch(self, worker_id: str, message, payload: list) -> None:
-        if isinstance(message, WorkerRegister):
-            self._register(worker_id, message)
-            return
-        handle = self.registry.get(worker_id)
-        if handle is None:
-            self.log.debug(f"ignoring {type(message).__name__} from unregistered worker {worker_id}")
-            return
-        handle.heard(message if isinstance(message, WorkerHeartbeat) else None)
-        if not isinstance(message, SessionMessage):
-            return
+    def _deliver(self, worker: WorkerHandle, message: SessionMessage, payload: list) -> None:
+        """Hand a worker's message to its session's peer, if that worker still runs the session."""
         peer = self.peers.get(message.session_id)
-        if peer is not None and peer.worker is handle:
+        if peer is not None and peer.worker is worker:
             peer.deliver(message, payload)
 
-    def _register(self, worker_id: str, message: WorkerRegister) -> None:
-        existing = self.registry.get(worker_id)
-        if existing is not None:
-            self._worker_lost(existing, "registered again (restarted)")
-        handle = self.registry.add(worker_id, message.pid, message.hostname, message.capacity)
-        handle.outbox.send(WorkerAccept(self.engine_id))
-        self.log.info(
-            f"worker {worker_id} joined (pid {message.pid} on {message.hostname}, capacity {message.capacity})"
-        )
-
-    def _worker_lost(self, handle: WorkerHandle, reason: str) -> None:
+    def _move_sessions(self, lost: WorkerHandle, reason: str) -> None:
         """Move a lost worker's sessions to live workers with room; end the ones nobody can take."""
-        self.log.error(f"worker {handle.worker_id} lost: {reason}; moving its {len(handle.sessions)} sessions")
-        self.registry.remove(handle, reason)
-        for pc_id in list(handle.sessions):
+        self.log.error(f"worker {lost.worker_id} lost: {reason}; moving its {len(lost.sessions)} sessions")
+        for pc_id in list(lost.sessions):
             peer = self.peers.get(pc_id)
             if peer is None:
                 continue
             target = self.registry.place()
             if target is None:
-                peer.close(f"worker {handle.worker_id} lost ({reason}) and no worker has room", SessionOutcome.WORKER_LOST, tell_worker=False)
+                peer.close(
+                    f"worker {lost.worker_id} lost ({reason}) and no worker has room",
+                    SessionOutcome.WORKER_LOST,
+                    tell_worker=False,
+                )
             else:
                 target.sessions.add(pc_id)
                 peer.move_to(target)
                 self.metrics.sessions_moved.inc()
-
-    async def _supervise(self) -> None:
-        interval = min(self.settings.heartbeat_interval_s, 0.5)
-        next_heartbeat = 0.0
-        while True:
-            now = time.monotonic()
-            expected = now + interval
-            for handle in self.registry:
-                process = self._local_workers.get(handle.worker_id)
-                if process is not None and process.returncode is not None:
-                    self._worker_lost(handle, f"process exited with code {process.returncode}")
-                elif not handle.alive:
-                    self._worker_lost(handle, handle.lost_reason or handle.outbox.broken)
-                elif now - handle.last_seen > self.settings.worker_dead_after_s:
-                    self._worker_lost(handle, f"no heartbeat for {now - handle.last_seen:.1f} s")
-                elif now >= next_heartbeat:
-                    handle.outbox.send(EngineHeartbeat())
-            if now >= next_heartbeat:
-                next_heartbeat = now + self.settings.heartbeat_interval_s
-            await asyncio.sleep(interval)
-            # How late the loop woke up: every peer of this engine waited as long.
-            self.loop_lag_ms = max(0.0, (time.monotonic() - expected) * 1000)

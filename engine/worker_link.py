@@ -1,0 +1,204 @@
+"""The engine's end of the link to its workers: who joins, who is heard, who is lost.
+
+It binds the ROUTER socket the workers connect to (behind CurveZMQ when
+configured), registers the workers that join, reads their heartbeats and
+sends the engine's. It knows nothing of peers: it hands its owner each
+session message a worker sends, and each worker it declares lost.
+"""
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+
+import msgspec
+import zmq
+import zmq.asyncio
+from loguru import logger
+from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils.monitor import recv_monitor_message
+
+from engine.common.link import bind_router
+from engine.common.protocol import (
+    EngineHeartbeat,
+    MediaLane,
+    SessionMessage,
+    WorkerAccept,
+    WorkerHeartbeat,
+    WorkerRegister,
+    WorkerStop,
+    decode_from_worker,
+)
+from engine.common.settings import HostSettings
+from engine.registry import WorkerHandle, WorkerRegistry
+
+OnSessionMessage = Callable[[WorkerHandle, SessionMessage, list], None]
+OnWorkerLost = Callable[[WorkerHandle, str], None]
+
+
+class WorkerLink:
+    """The ROUTER socket the workers join, the registry of those that did, and the heartbeats both ways."""
+
+    def __init__(
+        self,
+        settings: HostSettings,
+        engine_id: str,
+        on_session_message: OnSessionMessage,
+        on_worker_lost: OnWorkerLost,
+        on_drop: Callable[[MediaLane], None] | None = None,
+    ):
+        """Initialize the link; ``start()`` binds it.
+
+        Args:
+            settings: Host settings (endpoint, CurveZMQ keys, heartbeat timing).
+            engine_id: What the engine calls itself to the workers that join.
+            on_session_message: Called with a registered worker's handle, a
+                message it sent about one session, and the message's payload frames.
+            on_worker_lost: Called with a worker's handle and why, once it is
+                out of the registry (process exited, silent, stuck, or registered again).
+            on_drop: Called with the lane of every media item an outbox to a worker drops.
+        """
+        self.settings = settings
+        self.engine_id = engine_id
+        self.endpoint = settings.engine_endpoint
+        self.registry: WorkerRegistry | None = None
+        self.loop_lag_ms = 0.0
+        self._on_session_message = on_session_message
+        self._on_worker_lost = on_worker_lost
+        self._on_drop = on_drop
+        self._runtime_dir: str | None = None
+        self._context = zmq.asyncio.Context()
+        self._router: zmq.asyncio.Socket | None = None
+        self._authenticator: AsyncioAuthenticator | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._local_workers: dict[str, asyncio.subprocess.Process] = {}
+        self.log = logger.bind(engine_id=engine_id)
+
+    def start(self) -> None:
+        """Bind the socket (on a private ipc endpoint if none is set) and serve the workers.
+
+        Raises:
+            ValueError: If ``curve_authorized_keys_dir`` is not a directory.
+        """
+        if not self.endpoint:
+            self._runtime_dir = tempfile.mkdtemp(prefix="smallwebrtc-host-")
+            self.endpoint = f"ipc://{self._runtime_dir}/engine.sock"
+        if self.settings.curve_secret_key_file:
+            self._start_authenticator()
+        self._router = bind_router(self._context, self.endpoint, self.settings.curve_secret_key_file)
+        self.registry = WorkerRegistry(self._router, self._on_drop)
+        self._tasks = [
+            asyncio.create_task(self._receive(), name="engine-receive"),
+            asyncio.create_task(self._supervise(), name="engine-supervise"),
+        ]
+        if self._authenticator is not None:
+            self._tasks.append(asyncio.create_task(self._log_refusals(), name="engine-refusals"))
+        self.log.info(f"engine {self.engine_id} listening for workers on {self.endpoint}")
+
+    def _start_authenticator(self) -> None:
+        """Let only workers whose public key is in curve_authorized_keys_dir connect."""
+        keys_dir = self.settings.curve_authorized_keys_dir
+        if not os.path.isdir(keys_dir):
+            raise ValueError(f"curve_authorized_keys_dir: {keys_dir!r} is not a directory")
+        self._authenticator = AsyncioAuthenticator(self._context)
+        self._authenticator.start()
+        self._authenticator.configure_curve(domain="*", location=keys_dir)
+
+    async def _log_refusals(self) -> None:
+        monitor = self._router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        try:
+            while True:
+                event = await recv_monitor_message(monitor)
+                self.log.error(
+                    f"refused a worker connection on {event['endpoint'].decode(errors='replace')}: "
+                    "its key is not in curve_authorized_keys_dir (or it does not speak CurveZMQ)"
+                )
+        finally:
+            self._router.disable_monitor()
+            monitor.close(linger=0)
+
+    def watch_local_worker(self, worker_id: str, process: asyncio.subprocess.Process) -> None:
+        """Declare a worker lost as soon as its local process exits, not only when its heartbeats stop."""
+        self._local_workers[worker_id] = process
+
+    async def stop(self) -> None:
+        """Tell the workers to leave, and release the socket and its files."""
+        for handle in self.registry or []:
+            handle.outbox.send(WorkerStop("engine stopping"))
+        # Give the pumps a moment to deliver the stops before the socket goes.
+        await asyncio.sleep(0.2)
+        for task in self._tasks:
+            task.cancel()
+        for handle in self.registry or []:
+            self.registry.remove(handle, "engine stopped")
+        if self._router is not None:
+            self._router.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+        self._context.term()
+        if self._runtime_dir:
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    async def _receive(self) -> None:
+        while True:
+            parts = await self._router.recv_multipart(copy=False)
+            identity = parts[0].bytes.decode(errors="replace")
+            try:
+                message = decode_from_worker(parts[1].buffer)
+            except (msgspec.DecodeError, IndexError) as e:
+                self.log.warning(f"dropping an unreadable message from worker {identity}: {e}")
+                continue
+            try:
+                self._dispatch(identity, message, parts[2:])
+            except Exception:
+                self.log.exception(f"error handling {type(message).__name__} from worker {identity}")
+
+    def _dispatch(self, worker_id: str, message, payload: list) -> None:
+        if isinstance(message, WorkerRegister):
+            self._register(worker_id, message)
+            return
+        handle = self.registry.get(worker_id)
+        if handle is None:
+            self.log.debug(f"ignoring {type(message).__name__} from unregistered worker {worker_id}")
+            return
+        handle.heard(message if isinstance(message, WorkerHeartbeat) else None)
+        if isinstance(message, SessionMessage):
+            self._on_session_message(handle, message, payload)
+
+    def _register(self, worker_id: str, message: WorkerRegister) -> None:
+        existing = self.registry.get(worker_id)
+        if existing is not None:
+            self._lose(existing, "registered again (restarted)")
+        handle = self.registry.add(worker_id, message.pid, message.hostname, message.capacity)
+        handle.outbox.send(WorkerAccept(self.engine_id))
+        self.log.info(
+            f"worker {worker_id} joined (pid {message.pid} on {message.hostname}, capacity {message.capacity})"
+        )
+
+    def _lose(self, handle: WorkerHandle, reason: str) -> None:
+        self.registry.remove(handle, reason)
+        self._on_worker_lost(handle, reason)
+
+    async def _supervise(self) -> None:
+        interval = min(self.settings.heartbeat_interval_s, 0.5)
+        next_heartbeat = 0.0
+        while True:
+            now = time.monotonic()
+            expected = now + interval
+            for handle in self.registry:
+                process = self._local_workers.get(handle.worker_id)
+                if process is not None and process.returncode is not None:
+                    self._lose(handle, f"process exited with code {process.returncode}")
+                elif not handle.alive:
+                    self._lose(handle, handle.lost_reason or handle.outbox.broken)
+                elif now - handle.last_seen > self.settings.worker_dead_after_s:
+                    self._lose(handle, f"no heartbeat for {now - handle.last_seen:.1f} s")
+                elif now >= next_heartbeat:
+                    handle.outbox.send(EngineHeartbeat())
+            if now >= next_heartbeat:
+                next_heartbeat = now + self.settings.heartbeat_interval_s
+            await asyncio.sleep(interval)
+            # How late the loop woke up: every peer of this engine waited as long.
+            self.loop_lag_ms = max(0.0, (time.monotonic() - expected) * 1000)

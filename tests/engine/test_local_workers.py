@@ -1,0 +1,72 @@
+"""The local workers of one engine, run for real: they join, a dead one is lost at once and restarted, a crash loop is given up."""
+
+import contextlib
+import os
+import signal
+
+import pytest
+from loguru import logger
+
+from engine import processes
+from engine.local_workers import LocalWorkers
+from engine.sessions import Engine
+from tests.support.engines import engine_settings, private_endpoint, until
+
+
+@pytest.fixture
+def log_messages():
+    """Every message logged while the test runs."""
+    messages: list[str] = []
+    sink = logger.add(messages.append, format="{message}")
+    yield messages
+    logger.remove(sink)
+
+
+@pytest.fixture
+def short_restart_delay(monkeypatch):
+    monkeypatch.setattr(processes, "RESTART_DELAY_FIRST_S", 0.1)
+
+
+@contextlib.asynccontextmanager
+async def engine_with_local_workers(count: int, config_file: str | None = None):
+    """An engine and ``count`` local workers, stopped in the order ``serve`` stops them."""
+    with private_endpoint() as endpoint:
+        engine = Engine(engine_settings(endpoint, workers=count))
+        await engine.start()
+        workers = LocalWorkers(engine, engine.settings, config_file)
+        try:
+            await workers.start()
+            yield engine, workers
+        finally:
+            await engine.stop()
+            await workers.stop()
+
+
+async def test_the_workers_join_their_engine_and_leave_with_it():
+    async with engine_with_local_workers(2) as (engine, workers):
+        assert len(workers) == 2
+        joined = await until(lambda: len(list(engine.registry)) == 2 and list(engine.registry), timeout=30)
+        assert sorted(w.worker_id for w in joined) == [f"{engine.engine_id}-w0", f"{engine.engine_id}-w1"]
+        pids = [w.pid for w in joined]
+    # The engine told them to stop: they left on their own.
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_a_worker_that_dies_is_lost_at_once_and_restarted_under_its_id(short_restart_delay, log_messages):
+    async with engine_with_local_workers(1) as (engine, _):
+        worker_id = f"{engine.engine_id}-w0"
+        first = await until(lambda: engine.registry.get(worker_id), timeout=30)
+        os.kill(first.pid, signal.SIGKILL)
+        again = await until(lambda: (w := engine.registry.get(worker_id)) and w.pid != first.pid and w, timeout=30)
+        assert again.worker_id == worker_id
+    assert any(f"worker {worker_id} lost: process exited with code -9" in m for m in log_messages), log_messages
+
+
+async def test_a_worker_that_keeps_crashing_is_given_up(short_restart_delay, monkeypatch, log_messages):
+    monkeypatch.setattr(processes, "CRASH_LOOP_RESTARTS", 1)
+    # A worker asked to read a file that is not there exits at once.
+    async with engine_with_local_workers(1, config_file="/nonexistent/host.toml"):
+        await until(lambda: any("crash-looping" in m for m in log_messages), timeout=30)
+    assert sum("restarting it in" in m for m in log_messages) == 1

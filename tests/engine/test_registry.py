@@ -1,0 +1,92 @@
+"""The worker registry: handles that send through the engine's socket, what a heartbeat tells, and placement."""
+
+import contextlib
+
+import zmq.asyncio
+
+from engine.common.link import bind_router
+from engine.common.protocol import WorkerAccept, WorkerHeartbeat
+from engine.registry import WorkerRegistry
+from tests.support.engines import private_endpoint, stand_in_workers
+
+
+@contextlib.contextmanager
+def registry_on_a_socket():
+    """A registry sending through a real ROUTER socket, the socket, and its endpoint."""
+    with private_endpoint() as endpoint:
+        context = zmq.asyncio.Context()
+        router = bind_router(context, endpoint)
+        try:
+            yield WorkerRegistry(router), router, endpoint
+        finally:
+            router.close(linger=0)
+            context.term()
+
+
+async def test_a_handle_sends_to_its_worker_through_the_socket():
+    with registry_on_a_socket() as (registry, router, endpoint):
+        async with stand_in_workers(endpoint, "w1") as (worker,):
+            # Once the socket has heard the worker, it routes to it.
+            await worker.send(WorkerHeartbeat(sessions=0, loop_lag_ms=0.0))
+            await router.recv_multipart()
+            handle = registry.add("w1", 42, "box", 2)
+            assert registry.get("w1") is handle and list(registry) == [handle]
+            handle.outbox.send(WorkerAccept("engine-1"))
+            assert await worker.expect(WorkerAccept) == WorkerAccept("engine-1")
+            registry.remove(handle, "test")
+
+
+async def test_a_heartbeat_tells_the_load_and_describe_shows_it():
+    with registry_on_a_socket() as (registry, _, _):
+        handle = registry.add("w1", 42, "box", 2)
+        handle.sessions.add("pc-1")
+        handle.heard(WorkerHeartbeat(sessions=1, loop_lag_ms=3.456, cpu_share=0.12345, frames_dropped=2, draining=True))
+        assert handle.describe() == {
+            "worker_id": "w1",
+            "pid": 42,
+            "hostname": "box",
+            "capacity": 2,
+            "sessions": ["pc-1"],
+            "reported_sessions": 1,
+            "loop_lag_ms": 3.46,
+            "cpu_share": 0.123,
+            "frames_dropped": 2,
+            "draining": True,
+        }
+        registry.remove(handle, "test")
+
+
+async def test_placement_takes_the_least_loaded_worker_with_room():
+    with registry_on_a_socket() as (registry, _, _):
+        busy, idle, heavy = (registry.add(name, 1, "box", 4) for name in ("busy", "idle", "heavy"))
+        busy.sessions.update({"a", "b"})
+        heavy.heard(WorkerHeartbeat(sessions=0, loop_lag_ms=0.0, cpu_share=0.9))
+        assert registry.place() is idle
+        idle.sessions.update({"c", "d", "e", "f"})
+        assert not idle.has_room
+        assert registry.place() is busy
+        for handle in list(registry):
+            registry.remove(handle, "test")
+
+
+async def test_a_draining_or_removed_worker_takes_no_session():
+    with registry_on_a_socket() as (registry, _, _):
+        draining, removed = registry.add("draining", 1, "box", 4), registry.add("removed", 1, "box", 4)
+        draining.heard(WorkerHeartbeat(sessions=0, loop_lag_ms=0.0, draining=True))
+        registry.remove(removed, "gone")
+        assert registry.place() is None
+        assert registry.get("removed") is None
+        assert (removed.alive, removed.lost_reason) == (False, "gone")
+        assert removed.pump_task.cancelling()
+        registry.remove(draining, "test")
+
+
+async def test_a_worker_added_again_replaces_its_old_handle():
+    with registry_on_a_socket() as (registry, _, _):
+        old = registry.add("w1", 1, "box", 4)
+        new = registry.add("w1", 2, "box", 4)
+        assert registry.get("w1") is new
+        # Removing the old handle late does not forget the new one.
+        registry.remove(old, "restarted")
+        assert registry.get("w1") is new
+        registry.remove(new, "test")

@@ -1,0 +1,153 @@
+"""The engine's end of the worker link: joining, heartbeats both ways, session messages handed on, workers declared lost."""
+
+import asyncio
+import contextlib
+import os
+import sys
+
+import pytest
+
+from engine.common.protocol import (
+    AppMessageOut,
+    EngineHeartbeat,
+    SessionClose,
+    WorkerAccept,
+    WorkerHeartbeat,
+    WorkerStop,
+)
+from engine.worker_link import WorkerLink
+from tests.support.engines import (
+    engine_settings,
+    private_endpoint,
+    stand_in_workers,
+    until,
+)
+
+
+class Owner:
+    """What the link reports to its owner, kept in order."""
+
+    def __init__(self):
+        self.session_messages = []
+        self.lost = []
+
+    def session_message(self, handle, message, payload):
+        self.session_messages.append((handle.worker_id, message, [frame.bytes for frame in payload]))
+
+    def worker_lost(self, handle, reason):
+        self.lost.append((handle.worker_id, reason))
+
+
+@contextlib.asynccontextmanager
+async def running_link(**overrides):
+    """A started link and its owner; stopped afterwards."""
+    with private_endpoint() as endpoint:
+        owner = Owner()
+        link = WorkerLink(engine_settings(endpoint, **overrides), "engine-1", owner.session_message, owner.worker_lost)
+        link.start()
+        try:
+            yield link, owner
+        finally:
+            await link.stop()
+
+
+async def test_a_worker_that_registers_is_accepted_and_hears_heartbeats():
+    async with running_link(heartbeat_interval_s=0.1) as (link, _), stand_in_workers(link.endpoint, "w1") as (worker,):
+        assert await worker.register(capacity=3) == WorkerAccept("engine-1")
+        handle = link.registry.get("w1")
+        assert (handle.hostname, handle.capacity) == ("stand-in", 3)
+        assert await worker.expect(EngineHeartbeat) == EngineHeartbeat()
+
+
+async def test_a_heartbeat_carries_the_workers_load():
+    async with running_link() as (link, _), stand_in_workers(link.endpoint, "w1") as (worker,):
+        await worker.register()
+        await worker.send(WorkerHeartbeat(sessions=2, loop_lag_ms=7.5, cpu_share=0.25, frames_dropped=3, draining=True))
+        handle = link.registry.get("w1")
+        await until(lambda: handle.draining)
+        assert (handle.reported_sessions, handle.loop_lag_ms, handle.cpu_share, handle.frames_dropped) == (2, 7.5, 0.25, 3)
+
+
+async def test_session_messages_of_a_registered_worker_reach_the_owner_with_their_payload():
+    async with running_link() as (link, owner), stand_in_workers(link.endpoint, "w1") as (worker,):
+        # Neither a message from before the worker registered nor an unreadable one is handed on.
+        await worker.send(SessionClose("pc-1", "not registered yet"))
+        await worker.socket.send_multipart([b"not msgpack"])
+        await worker.register()
+        await worker.send(AppMessageOut("pc-1", '{"a": 1}'), b"payload")
+        await until(lambda: owner.session_messages)
+        assert owner.session_messages == [("w1", AppMessageOut("pc-1", '{"a": 1}'), [b"payload"])]
+
+
+async def test_a_silent_worker_is_lost():
+    async with running_link(heartbeat_interval_s=0.1, worker_dead_after_s=0.5) as (link, owner):
+        async with stand_in_workers(link.endpoint, "w1") as (worker,):
+            await worker.register()
+        await until(lambda: owner.lost)
+        [(worker_id, reason)] = owner.lost
+        assert worker_id == "w1" and reason.startswith("no heartbeat for")
+        assert link.registry.get("w1") is None
+
+
+async def test_a_worker_that_keeps_beating_stays():
+    settings = {"heartbeat_interval_s": 0.1, "worker_dead_after_s": 0.5}
+    async with running_link(**settings) as (link, owner), stand_in_workers(link.endpoint, "w1") as (worker,):
+        await worker.register()
+        worker.keep_beating()
+        await asyncio.sleep(1.0)
+        assert link.registry.get("w1") is not None and not owner.lost
+
+
+async def test_a_worker_that_registers_again_was_restarted():
+    async with running_link() as (link, owner), stand_in_workers(link.endpoint, "w1") as (worker,):
+        await worker.register()
+        first = link.registry.get("w1")
+        await worker.register()
+        assert owner.lost == [("w1", "registered again (restarted)")]
+        assert link.registry.get("w1") is not first and not first.alive
+
+
+async def test_a_local_worker_whose_process_exits_is_lost_at_once():
+    async with running_link() as (link, owner), stand_in_workers(link.endpoint, "w1") as (worker,):
+        await worker.register()
+        process = await asyncio.create_subprocess_exec(sys.executable, "-c", "import sys; sys.exit(3)")
+        link.watch_local_worker("w1", process)
+        await process.wait()
+        await until(lambda: owner.lost)
+        assert owner.lost == [("w1", "process exited with code 3")]
+
+
+async def test_a_worker_whose_outbox_is_stuck_is_lost():
+    async with running_link() as (link, owner), stand_in_workers(link.endpoint, "w1") as (worker,):
+        await worker.register()
+        outbox = link.registry.get("w1").outbox
+        # Queued faster than any pump could send: the outbox overflows and breaks.
+        while not outbox.broken:
+            outbox.send(EngineHeartbeat())
+        await until(lambda: owner.lost)
+        [(worker_id, reason)] = owner.lost
+        assert worker_id == "w1" and reason.startswith("stuck")
+
+
+async def test_stop_tells_every_worker_to_leave_and_removes_its_private_endpoint():
+    owner = Owner()
+    link = WorkerLink(engine_settings(""), "engine-1", owner.session_message, owner.worker_lost)
+    link.start()
+    socket_file = link.endpoint.removeprefix("ipc://")
+    assert os.path.exists(socket_file)
+    async with stand_in_workers(link.endpoint, "w1") as (worker,):
+        await worker.register()
+        await link.stop()
+        assert await worker.expect(WorkerStop) == WorkerStop("engine stopping")
+    assert not os.path.exists(socket_file)
+
+
+async def test_curve_needs_a_directory_of_authorized_keys(tmp_path):
+    owner = Owner()
+    settings = engine_settings(
+        "ipc://unused", curve_secret_key_file=str(tmp_path / "engine.key_secret"), curve_authorized_keys_dir=str(tmp_path / "none")
+    )
+    link = WorkerLink(settings, "engine-1", owner.session_message, owner.worker_lost)
+    with pytest.raises(ValueError, match="curve_authorized_keys_dir"):
+        link.start()
+    await link.stop()

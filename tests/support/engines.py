@@ -1,0 +1,168 @@
+"""For the engine's unit tests: a real engine on a private ipc endpoint, real DEALER sockets standing in for workers, and client offers."""
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+
+import httpx
+import zmq.asyncio
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from engine.common.link import connect_dealer, frames
+from engine.common.protocol import (
+    FromEngine,
+    FromWorker,
+    WorkerAccept,
+    WorkerHeartbeat,
+    WorkerRegister,
+    decode_from_engine,
+)
+from engine.common.settings import HostSettings
+from engine.engine_pool import EnginePool
+from engine.ice import restrict_host_addresses
+from engine.sessions import Engine
+
+# A trickled candidate that says there are no more (RFC 8840), as the web client PATCHes it.
+END_OF_CANDIDATES = {"candidate": "", "sdp_mid": "0", "sdp_mline_index": 0}
+
+
+async def until(condition, timeout: float = 10.0):
+    """Poll ``condition()`` until it returns something true, and return that.
+
+    Raises:
+        TimeoutError: If it has not within ``timeout`` seconds.
+    """
+    async with asyncio.timeout(timeout):
+        while not (result := condition()):
+            await asyncio.sleep(0.02)
+        return result
+
+
+@contextlib.contextmanager
+def private_endpoint():
+    """An ``ipc://`` endpoint in a fresh directory, removed afterwards (short, as ipc paths must be)."""
+    with tempfile.TemporaryDirectory(prefix="engine-test-") as directory:
+        yield f"ipc://{directory}/engine.sock"
+
+
+def engine_settings(endpoint: str, **overrides) -> HostSettings:
+    """Settings for an engine confined to loopback whose workers join at ``endpoint``."""
+    return HostSettings(**{"engine_endpoint": endpoint, "ice_host_addresses": ["127.0.0.1"], **overrides})
+
+
+@contextlib.asynccontextmanager
+async def running_engine(**overrides) -> AsyncIterator[Engine]:
+    """A started engine with no worker yet, on a private endpoint; stopped afterwards.
+
+    Args:
+        **overrides: Host settings.
+    """
+    with private_endpoint() as endpoint:
+        engine = Engine(engine_settings(endpoint, **overrides))
+        await engine.start()
+        try:
+            yield engine
+        finally:
+            await engine.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_pool(engines: int = 2) -> AsyncIterator[tuple[EnginePool, httpx.AsyncClient]]:
+    """``engines`` engine processes without local workers (on private endpoints), and the HTTP client that asks them.
+
+    Every engine serves once this yields; all are stopped afterwards.
+    """
+    with private_endpoint() as endpoint:
+        async with httpx.AsyncClient(timeout=30) as client:
+            pool = EnginePool(engine_settings(endpoint, engines=engines, workers=0), None, client)
+            try:
+                await pool.start()
+                yield pool, client
+            finally:
+                await pool.stop(grace_s=5)
+
+
+class StandInWorker:
+    """A worker as the engine sees it: a real DEALER socket the test speaks the protocol on.
+
+    ``register`` joins, ``send`` sends any worker message, ``expect`` waits for
+    one kind of engine message (passing over the others, say heartbeats), and
+    ``keep_beating`` heartbeats in the background as a live worker does.
+    """
+
+    def __init__(self, endpoint: str, worker_id: str):
+        """Connect to the engine at ``endpoint`` as ``worker_id``."""
+        self.worker_id = worker_id
+        self.context = zmq.asyncio.Context()
+        self.socket = connect_dealer(self.context, endpoint, worker_id)
+        self._beating: asyncio.Task | None = None
+
+    async def send(self, message: FromWorker, *payload: bytes) -> None:
+        """Send one message (and its payload frames) to the engine."""
+        await self.socket.send_multipart(frames(message, *payload))
+
+    async def register(self, capacity: int = 4) -> WorkerAccept:
+        """Join the engine; returns its acceptance."""
+        await self.send(WorkerRegister(self.worker_id, os.getpid(), "stand-in", capacity))
+        return await self.expect(WorkerAccept)
+
+    async def recv(self, timeout: float = 5.0) -> tuple[FromEngine, list[bytes]]:
+        """The next message from the engine and its payload frames."""
+        header, *payload = await asyncio.wait_for(self.socket.recv_multipart(), timeout)
+        return decode_from_engine(header), payload
+
+    async def expect(self, kind: type, timeout: float = 5.0, **fields) -> FromEngine:
+        """The next message of type ``kind`` whose attributes equal ``fields``, passing over the others."""
+
+        async def wait() -> FromEngine:
+            while True:
+                message, _ = await self.recv(timeout)
+                if isinstance(message, kind) and all(getattr(message, k) == v for k, v in fields.items()):
+                    return message
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    def keep_beating(self, interval: float = 0.1) -> None:
+        """Heartbeat every ``interval`` seconds until closed."""
+
+        async def beat() -> None:
+            while True:
+                await self.send(WorkerHeartbeat(sessions=0, loop_lag_ms=0.0))
+                await asyncio.sleep(interval)
+
+        self._beating = asyncio.create_task(beat())
+
+    def close(self) -> None:
+        """Stop heartbeating and close the socket: to the engine, the worker falls silent."""
+        if self._beating is not None:
+            self._beating.cancel()
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+@contextlib.asynccontextmanager
+async def stand_in_workers(endpoint: str, *worker_ids: str) -> AsyncIterator[list[StandInWorker]]:
+    """Stand-in workers connected (not yet registered) to ``endpoint``; closed afterwards."""
+    workers = [StandInWorker(endpoint, worker_id) for worker_id in worker_ids]
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+@contextlib.asynccontextmanager
+async def client_offer() -> AsyncIterator[RTCPeerConnection]:
+    """A client's peer connection whose local description is an offer as the web client makes it (audio, video, "chat")."""
+    restrict_host_addresses(["127.0.0.1"])
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction="sendrecv")
+    pc.addTransceiver("video", direction="sendrecv")
+    pc.createDataChannel("chat")
+    await pc.setLocalDescription(await pc.createOffer())
+    try:
+        yield pc
+    finally:
+        await pc.close()
