@@ -11,6 +11,7 @@ here still exists on the aiortc version installed, and fails naming it.
 import threading
 from collections.abc import Callable
 
+import aiortc.rtcsctptransport
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import get_encoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
@@ -162,3 +163,16 @@ def forward_sender_feedback(
 
     sender._send_keyframe = on_rtcp_keyframe_request
     sender._RTCRtpSender__encoder = _FeedbackEncoder(codec, on_bitrate)
+
+
+# ---- the data channel ----
+
+
+def set_sctp_max_chunk_size(size: int) -> None:
+    """Cap the data chunks of every SCTP association this process makes, in bytes.
+
+    aiortc's 1200 bytes overflow a 1280-byte MTU path (IPv6, VPNs) and the data
+    channel then stalls silently; aiortc has no setting for it, only this
+    module global (Pipecat sets it the same way). See config/host.toml.
+    """
+    aiortc.rtcsctptransport.USERDATA_MAX_LENGTH = size

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import aiortc.rtcsctptransport
 from loguru import logger
 
+from engine.aiortc_seam import set_sctp_max_chunk_size
 from engine.common.protocol import SessionMessage, SessionOpen
 from engine.common.settings import ConnectionMode, HostSettings
 from engine.ice import announce_address, restrict_host_addresses
@@ -77,8 +77,7 @@ class Engine:
     async def start(self) -> None:
         """Apply the process-wide aiortc settings and bind the worker socket."""
         restrict_host_addresses(self.settings.ice_host_addresses)
-        # aiortc has no setting for this; see config/host.toml.
-        aiortc.rtcsctptransport.USERDATA_MAX_LENGTH = self.settings.sctp_max_chunk_size
+        set_sctp_max_chunk_size(self.settings.sctp_max_chunk_size)
         self._link.start()
 
     def watch_local_worker(self, worker_id: str, process: asyncio.subprocess.Process) -> None:

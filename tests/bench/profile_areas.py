@@ -15,7 +15,7 @@ AREAS = [
     ("EncodedVideoTrack.recv (the worker's packets to the sender)", "EncodedVideoTrack.recv"),
     ("EncodedAudioTrack.recv", "EncodedAudioTrack.recv"),
     ("RTP send: rest (packetize, header ext, history)", "RTCRtpSender._run_rtp"),
-    ("RTP receive: encoded frames handed on (tap, PeerActor._hand_on, outbox)", "_EncodedFrameTap.put"),
+    ("RTP receive: encoded frames handed on (tap, PeerMedia._hand_on, outbox)", "_EncodedFrameTap.put"),
     ("RTP receive: jitter buffer", "JitterBuffer.add"),
     ("RTP receive: remote bitrate estimator", "RemoteBitrateEstimator"),
     ("RTP receive: rest", "RTCRtpReceiver._handle_rtp_packet"),

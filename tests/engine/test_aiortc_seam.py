@@ -12,6 +12,7 @@ import queue
 import threading
 
 import aiortc
+import aiortc.rtcsctptransport
 import pytest
 from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterBuffer
@@ -83,13 +84,14 @@ async def test_every_private_member_the_seam_uses_is_there(loopback):
             "None until the sender first sends, then an encoder with pack()",
         ),
         (JitterBuffer, "__init__", lambda m: {"capacity", "is_video"} <= set(inspect.signature(m).parameters), "JitterBuffer(capacity, is_video)"),
+        (aiortc.rtcsctptransport, "USERDATA_MAX_LENGTH", lambda m: isinstance(m, int), "an int, the SCTP chunk size"),
     ]
     try:
         wrong = []
         for owner, name, is_expected, kind in expected:
             member = getattr(owner, name, _MISSING)
             if member is _MISSING or not is_expected(member):
-                owner_name = owner.__name__ if isinstance(owner, type) else type(owner).__name__
+                owner_name = getattr(owner, "__name__", type(owner).__name__)
                 wrong.append(f"{owner_name}.{name}: expected {kind}, found {'nothing' if member is _MISSING else repr(member)}")
         assert not wrong, f"aiortc {aiortc.__version__} changed what engine/aiortc_seam.py reaches into:\n" + "\n".join(wrong)
     finally:
