@@ -1,0 +1,124 @@
+"""``python -m workers`` (``smallwebrtc-host worker``) as a process: its options, its refusals, joining an engine."""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.common.protocol import (
+    AppMessageOut,
+    SessionOpen,
+    WorkerRegister,
+    WorkerStop,
+)
+from tests.support.workers import FakeEngine, ipc_endpoint
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = Path(sys.executable).parent / "smallwebrtc-host"
+TIMEOUT_S = 60
+GREETER = "tests.support.workers:greeter"
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A command run to its end from the repository's root, its output as text."""
+    return subprocess.run(
+        args,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+
+
+def worker_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "workers", *args]
+
+
+def test_help_lists_the_workers_options():
+    done = run(*worker_command("--help"))
+    assert done.returncode == 0, done.stderr
+    assert "smallwebrtc-host worker" in done.stdout
+    for option in ("--engine", "--bot", "--worker-id", "--config", "--curve-secret-key", "--curve-server-key"):
+        assert option in done.stdout
+
+
+def test_the_host_commands_worker_hands_over_to_the_worker_program():
+    done = run(str(SCRIPT), "worker", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "usage: smallwebrtc-host worker" in done.stdout
+    assert "--engine" in done.stdout and "--curve-server-key" in done.stdout
+
+
+def test_an_invalid_setting_exits_non_zero_naming_it(tmp_path):
+    done = run(*worker_command("--engine", ipc_endpoint(tmp_path)), env={"SMALLWEBRTC_HOST_WORKER_CAPACITY": "0"})
+    assert done.returncode != 0
+    assert "invalid configuration" in done.stderr and "worker_capacity" in done.stderr
+
+
+def test_a_missing_config_file_exits_non_zero_naming_it(tmp_path):
+    missing = tmp_path / "nowhere.toml"
+    done = run(*worker_command("--engine", ipc_endpoint(tmp_path), "--config", str(missing)))
+    assert done.returncode != 0
+    assert str(missing) in done.stderr
+
+
+def test_a_malformed_bot_exits_non_zero_naming_it(tmp_path):
+    done = run(*worker_command("--engine", ipc_endpoint(tmp_path), "--bot", "nocolon"))
+    assert done.returncode != 0
+    assert "smallwebrtc-host worker: bot 'nocolon'" in done.stderr
+
+
+def test_tcp_without_curve_keys_exits_non_zero_naming_them():
+    done = run(*worker_command("--engine", "tcp://127.0.0.1:9"))
+    assert done.returncode != 0
+    assert "curve_secret_key_file" in done.stderr
+
+
+def test_without_an_engine_it_says_engine_is_required():
+    done = run(*worker_command())
+    assert done.returncode == 2
+    assert "--engine" in done.stderr
+
+
+@contextlib.asynccontextmanager
+async def worker_process(tmp_path, worker_id: str):
+    """A fake engine, and ``python -m workers`` joining it with the greeter bot (killed at the end if still running)."""
+    engine = FakeEngine(ipc_endpoint(tmp_path))
+    process = await asyncio.create_subprocess_exec(
+        *worker_command("--engine", engine.endpoint, "--worker-id", worker_id, "--bot", GREETER),
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        yield engine, process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        engine.close()
+
+
+async def test_the_worker_process_joins_runs_a_bot_and_exits_on_worker_stop(tmp_path):
+    async with worker_process(tmp_path, "proc-1") as (engine, process):
+        identity, register = await engine.expect(WorkerRegister, timeout=TIMEOUT_S)
+        assert (identity, register.worker_id, register.pid) == (b"proc-1", "proc-1", process.pid)
+        await engine.send(identity, SessionOpen("pc-1", "runner-1"))
+        _, said = await engine.expect(AppMessageOut, timeout=TIMEOUT_S)
+        assert json.loads(said.json)["pid"] == process.pid
+        await engine.send(identity, WorkerStop("test over"))
+        assert await asyncio.wait_for(process.wait(), TIMEOUT_S) == 0
+
+
+async def test_the_worker_process_exits_cleanly_on_sigterm_when_idle(tmp_path):
+    async with worker_process(tmp_path, "proc-2") as (engine, process):
+        await engine.expect(WorkerRegister, timeout=TIMEOUT_S)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), TIMEOUT_S) == 0

@@ -1,0 +1,209 @@
+"""A worker's session: the bot's arguments, the engine's messages in order, and how a session ends.
+
+Each test runs a real ``Session`` with a bot written here and reads what it
+sends the engine from a real ``Outbox``.
+"""
+
+import asyncio
+
+import pytest
+import zmq
+
+from engine.common.link import Outbox
+from engine.common.protocol import (
+    AppMessageIn,
+    AppMessageOut,
+    AudioIn,
+    AudioOut,
+    MediaKind,
+    MediaLane,
+    PeerStateChange,
+    SessionClose,
+    SessionOpen,
+    TrackStatusChange,
+    VideoOut,
+)
+from tests.support.workers import greeter, sent_by_worker, until
+from transport.connection import SmallWebRTCConnection
+from transport.media.codecs import OpusEncoder
+from workers.session import HostRunnerArguments, Session
+
+OPENING = SessionOpen("pc-1", "runner-1", {"video": False})
+
+
+def start(bot, grace_s: float = 5.0) -> tuple[Session, Outbox, asyncio.Task]:
+    """A session of ``bot`` for OPENING, running, and the outbox it sends to."""
+    outbox = Outbox("to engine")
+    session = Session(OPENING, outbox, bot, "worker-1", grace_s)
+    return session, outbox, asyncio.create_task(session.run())
+
+
+async def test_the_bot_gets_host_runner_arguments():
+    received = []
+
+    async def bot(runner_args):
+        received.append(runner_args)
+
+    session, _, running = start(bot)
+    await asyncio.wait_for(running, 5)
+    [args] = received
+    assert isinstance(args, HostRunnerArguments)
+    assert isinstance(args.webrtc_connection, SmallWebRTCConnection)
+    assert args.webrtc_connection is session.connection
+    assert args.webrtc_connection.pc_id == "pc-1"
+    assert (args.body, args.session_id, args.worker_id) == ({"video": False}, "runner-1", "worker-1")
+
+
+async def test_engine_messages_reach_the_connection_in_order():
+    events = []
+    ready, all_in = asyncio.Event(), asyncio.Event()
+
+    async def bot(runner_args):
+        connection = runner_args.webrtc_connection
+
+        def record(*event):
+            events.append(event)
+            if len(events) == 4:
+                all_in.set()
+
+        @connection.event_handler("connected")
+        async def on_connected(connection):
+            record("connected")
+
+        @connection.event_handler("app-message")
+        async def on_app_message(connection, message):
+            record("app-message", message)
+
+        @connection.event_handler("track-status")
+        async def on_track_status(connection, index, enabled):
+            record("track-status", index, enabled)
+
+        ready.set()
+        await all_in.wait()
+
+    session, outbox, running = start(bot)
+    await asyncio.wait_for(ready.wait(), 5)
+    session.deliver(PeerStateChange("pc-1", "connected"), [])
+    session.deliver(AppMessageIn("pc-1", '{"hello": [1, 2]}'), [])
+    session.deliver(TrackStatusChange("pc-1", 1, False), [])
+    session.deliver(AppMessageIn("pc-1", '"second"'), [])
+    await asyncio.wait_for(running, 5)
+    assert events == [
+        ("connected",),
+        ("app-message", {"hello": [1, 2]}),
+        ("track-status", 1, False),
+        ("app-message", "second"),
+    ]
+    assert session.connection.is_connected() is False  # the bot never called connect()
+    assert session.connection.video_input_track().is_enabled() is False
+    assert sent_by_worker(outbox) == [SessionClose("pc-1", "bot ended")]
+
+
+async def test_peer_audio_goes_straight_to_the_connections_microphone_track():
+    heard = []
+
+    async def listener(runner_args):
+        heard.append(await runner_args.webrtc_connection.audio_input_track().recv())
+
+    session, _, running = start(listener)
+    session.deliver(AudioIn("pc-1", "audio/opus", 960), [zmq.Frame(OpusEncoder().encode(bytes(1920)))])
+    await asyncio.wait_for(running, 5)
+    [frame] = heard
+    assert (frame.sample_rate, frame.samples) == (48000, 960)
+
+
+async def test_a_bot_that_returns_ends_the_session_with_bot_ended():
+    async def returning(runner_args):
+        runner_args.webrtc_connection.send_app_message({"bye": True})
+
+    _, outbox, running = start(returning)
+    await asyncio.wait_for(running, 5)
+    assert sent_by_worker(outbox) == [AppMessageOut("pc-1", '{"bye": true}'), SessionClose("pc-1", "bot ended")]
+
+
+async def test_a_bot_that_raises_ends_the_session_with_bot_failed():
+    async def raising(runner_args):
+        await asyncio.sleep(0)
+        raise RuntimeError("no model today")
+
+    _, outbox, running = start(raising)
+    await asyncio.wait_for(running, 5)
+    assert sent_by_worker(outbox) == [SessionClose("pc-1", "bot failed: RuntimeError: no model today")]
+
+
+async def test_engine_close_lets_the_bot_end_within_its_grace():
+    session, outbox, running = start(greeter, grace_s=60)
+    await until(lambda: len(outbox.mailbox))  # greeter said hello: it listens for "closed"
+    session.deliver(SessionClose("pc-1", "peer left"), [])
+    # greeter ends when its peer is "closed": long before a 60 s grace would run out.
+    await asyncio.wait_for(running, 5)
+    # The engine ended it, so the worker does not tell it back.
+    [hello] = sent_by_worker(outbox)
+    assert isinstance(hello, AppMessageOut) and '"session_id": "runner-1"' in hello.json
+
+
+async def test_engine_close_cancels_a_bot_still_running_after_its_grace():
+    ready, cancelled = asyncio.Event(), asyncio.Event()
+    states = []
+
+    async def hanging(runner_args):
+        @runner_args.webrtc_connection.event_handler("closed")
+        async def on_closed(connection):
+            states.append("closed")
+
+        ready.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    session, outbox, running = start(hanging, grace_s=0.2)
+    await asyncio.wait_for(ready.wait(), 5)
+    session.deliver(SessionClose("pc-1", "peer left"), [])
+    await asyncio.wait_for(running, 5)
+    assert cancelled.is_set()
+    assert states == ["closed"]  # the bot was told before it was cancelled
+    assert sent_by_worker(outbox) == []
+
+
+async def test_a_session_the_worker_closes_ends_as_if_its_peer_left_without_a_close_to_the_engine():
+    # The worker is stopping: the engine learns that from the worker itself, not session by session.
+    session, outbox, running = start(greeter)
+    await until(lambda: len(outbox.mailbox))
+    session.close("worker stopping")
+    await asyncio.wait_for(running, 5)
+    assert [type(m) for m in sent_by_worker(outbox)] == [AppMessageOut]
+
+
+async def test_the_session_forgets_its_media_lanes_in_the_outbox_at_the_end():
+    release = asyncio.Event()
+
+    async def bot(runner_args):
+        await release.wait()
+
+    _, outbox, running = start(bot)
+    outbox.send_bounded(MediaLane("pc-1", MediaKind.AUDIO), 25, AudioOut("pc-1", 1), b"opus")
+    outbox.send_bounded(MediaLane("pc-1", MediaKind.VIDEO), 4, VideoOut("pc-1", 1, True), b"vp8")
+    outbox.send_bounded(MediaLane("pc-2", MediaKind.AUDIO), 25, AudioOut("pc-2", 1), b"opus")
+    release.set()
+    await asyncio.wait_for(running, 5)
+    assert sent_by_worker(outbox) == [SessionClose("pc-1", "bot ended"), AudioOut("pc-2", 1)]
+
+
+@pytest.mark.parametrize("state", ["connecting", "disconnected", "failed"])
+async def test_each_peer_state_fires_its_event(state):
+    ready, fired = asyncio.Event(), asyncio.Event()
+
+    async def bot(runner_args):
+        @runner_args.webrtc_connection.event_handler(state)
+        async def on_state(connection):
+            fired.set()
+
+        ready.set()
+        await fired.wait()
+
+    session, _, running = start(bot)
+    await asyncio.wait_for(ready.wait(), 5)
+    session.deliver(PeerStateChange("pc-1", state), [])
+    await asyncio.wait_for(running, 5)

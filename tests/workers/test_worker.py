@@ -1,0 +1,214 @@
+"""A worker joined to a fake engine: registering, heartbeats, sessions, draining, stopping, and loading its bot.
+
+The worker is real (``Worker.run()`` in the test's event loop, its own
+ZeroMQ DEALER); the engine is a real ROUTER the test drives
+(``tests.support.workers.FakeEngine``) on a private ipc:// socket.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+
+import pytest
+
+from engine.common.protocol import (
+    AppMessageOut,
+    EngineHeartbeat,
+    PeerStateChange,
+    SessionClose,
+    SessionOpen,
+    WorkerAccept,
+    WorkerHeartbeat,
+    WorkerRegister,
+    WorkerStop,
+    encode,
+)
+from engine.common.settings import HostSettings
+from tests.support.workers import FakeEngine, greeter, ipc_endpoint
+from workers.worker import Worker, load_bot
+
+WORKER_ID = "w1"
+IDENTITY = WORKER_ID.encode()
+
+
+def settings(**overrides) -> HostSettings:
+    """Quick heartbeats; an engine silent for a minute before the worker gives up (unless overridden)."""
+    values = {
+        "bot": "tests.support.workers:greeter",
+        "worker_capacity": 3,
+        "heartbeat_interval_s": 0.1,
+        "engine_silent_after_s": 60,
+        "bot_end_grace_s": 1,
+    }
+    return HostSettings(**{**values, **overrides})
+
+
+@pytest.fixture
+async def engine(tmp_path):
+    fake = FakeEngine(ipc_endpoint(tmp_path))
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+async def start_worker(engine):
+    """Starts a worker's ``run()`` as a task; stops whatever is still running at the end."""
+    tasks = []
+
+    def start(**overrides) -> tuple[Worker, asyncio.Task]:
+        worker = Worker(settings(**overrides), engine.endpoint, WORKER_ID)
+        task = asyncio.create_task(worker.run())
+        tasks.append(task)
+        return worker, task
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def joined(engine: FakeEngine, start_worker, **overrides) -> tuple[Worker, asyncio.Task]:
+    """A worker that has registered with the engine."""
+    worker, task = start_worker(**overrides)
+    await engine.expect(WorkerRegister)
+    await engine.send(IDENTITY, WorkerAccept("engine-1"))
+    return worker, task
+
+
+async def hello(engine: FakeEngine) -> dict:
+    """What the next greeter bot to start says about itself."""
+    _, message = await engine.expect(AppMessageOut)
+    return {"pc_id": message.session_id, **json.loads(message.json)}
+
+
+async def test_it_registers_first_with_its_capacity_then_beats(engine, start_worker):
+    start_worker()
+    identity, first, _ = await engine.recv()
+    assert identity == IDENTITY
+    assert first == WorkerRegister(WORKER_ID, os.getpid(), socket.gethostname(), 3)
+    _, beat = await engine.expect(WorkerHeartbeat)
+    assert (beat.sessions, beat.frames_dropped, beat.draining) == (0, 0, False)
+    assert beat.loop_lag_ms >= 0 and beat.cpu_share >= 0
+
+
+async def test_session_open_runs_the_bot_with_the_sessions_arguments(engine, start_worker):
+    await joined(engine, start_worker)
+    await engine.send(IDENTITY, SessionOpen("pc-1", "runner-1", {"n": 1}))
+    said = await hello(engine)
+    assert said == {
+        "pc_id": "pc-1",
+        "session_id": "runner-1",
+        "worker_id": WORKER_ID,
+        "body": {"n": 1},
+        "pid": os.getpid(),
+    }
+    await engine.expect(WorkerHeartbeat, sessions=1)
+    # The engine closes it: the bot ends, and the heartbeat counts one session less.
+    await engine.send(IDENTITY, SessionClose("pc-1", "peer left"))
+    await engine.expect(WorkerHeartbeat, sessions=0)
+
+
+async def test_a_session_opened_twice_runs_one_bot(engine, start_worker):
+    await joined(engine, start_worker)
+    for session_id in ("pc-1", "pc-1", "pc-2"):
+        await engine.send(IDENTITY, SessionOpen(session_id, f"runner-{session_id}"))
+    assert [(await hello(engine))["pc_id"] for _ in range(2)] == ["pc-1", "pc-2"]
+    await engine.expect(WorkerHeartbeat, sessions=2)
+
+
+async def test_a_bot_that_returns_closes_its_session_with_the_engine(engine, start_worker):
+    await joined(engine, start_worker)
+    await engine.send(IDENTITY, SessionOpen("pc-1", "runner-1", {"leave": True}))
+    await hello(engine)
+    _, close = await engine.expect(SessionClose)
+    assert close == SessionClose("pc-1", "bot ended")
+    await engine.expect(WorkerHeartbeat, sessions=0)
+
+
+async def test_while_draining_it_declines_new_sessions_and_leaves_after_the_last(engine, start_worker):
+    worker, task = await joined(engine, start_worker)
+    await engine.send(IDENTITY, SessionOpen("pc-1", "runner-1"))
+    await hello(engine)
+    os.kill(os.getpid(), signal.SIGTERM)  # handled by the worker's loop: it drains
+    await engine.expect(WorkerHeartbeat, draining=True, sessions=1)
+    await engine.send(IDENTITY, SessionOpen("pc-2", "runner-2"))
+    _, declined = await engine.expect(SessionClose)
+    assert declined == SessionClose("pc-2", "worker draining")
+    assert not task.done()
+    await engine.send(IDENTITY, SessionClose("pc-1", "peer left"))
+    await asyncio.wait_for(task, 5)
+    assert worker.sessions == {}
+
+
+async def test_a_second_signal_stops_a_draining_worker_at_once(engine, start_worker):
+    worker, task = await joined(engine, start_worker)
+    await engine.send(IDENTITY, SessionOpen("pc-1", "runner-1"))
+    await hello(engine)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await engine.expect(WorkerHeartbeat, draining=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(task, 5)
+    assert worker.sessions == {}  # its session was closed on the way out
+
+
+async def test_a_signal_stops_a_worker_without_sessions_at_once(engine, start_worker):
+    _, task = await joined(engine, start_worker)
+    os.kill(os.getpid(), signal.SIGINT)
+    await asyncio.wait_for(task, 5)
+
+
+async def test_worker_stop_ends_its_sessions_and_the_worker(engine, start_worker):
+    worker, task = await joined(engine, start_worker)
+    await engine.send(IDENTITY, SessionOpen("pc-1", "runner-1"))
+    await hello(engine)
+    await engine.send(IDENTITY, WorkerStop("engine stopping"))
+    await asyncio.wait_for(task, 5)
+    assert worker.sessions == {}
+
+
+async def test_it_leaves_when_the_engine_is_silent_too_long(engine, start_worker):
+    _, task = start_worker(engine_silent_after_s=0.3)
+    await engine.expect(WorkerRegister)
+    await engine.expect(WorkerHeartbeat)
+    # The engine says nothing more; the worker gives up on it.
+    await asyncio.wait_for(task, 5)
+
+
+async def test_it_ignores_frames_it_cannot_read_and_sessions_it_does_not_have(engine, start_worker):
+    _, task = await joined(engine, start_worker)
+    await engine.send_raw(IDENTITY, b"\xc1 not msgpack")
+    # A message only a worker sends: it decodes, but not as one from the engine.
+    await engine.send_raw(IDENTITY, encode(WorkerRegister("engine?", 1, "h", 1)))
+    await engine.send(IDENTITY, PeerStateChange("nobody", "connected"))
+    await engine.send(IDENTITY, EngineHeartbeat())
+    await engine.send(IDENTITY, SessionOpen("pc-1", "runner-1"))
+    assert (await hello(engine))["pc_id"] == "pc-1"
+    assert not task.done()
+
+
+def test_a_worker_joining_over_tcp_needs_curve_keys():
+    with pytest.raises(ValueError, match="curve_secret_key_file"):
+        Worker(settings(), "tcp://127.0.0.1:5555", WORKER_ID)
+
+
+def test_load_bot_finds_the_function():
+    assert load_bot("tests.support.workers:greeter") is greeter
+
+
+@pytest.mark.parametrize("spec", ["tests.support.workers", "tests.support.workers:", ":greeter", ""])
+def test_load_bot_rejects_a_malformed_spec(spec):
+    with pytest.raises(ValueError, match="package.module:function"):
+        load_bot(spec)
+
+
+@pytest.mark.parametrize("spec", ["tests.support.workers:missing", "engine.common.protocol:OPUS_FRAME_MS"])
+def test_load_bot_rejects_a_name_that_is_not_callable(spec):
+    with pytest.raises(ValueError, match="has no function"):
+        load_bot(spec)
+
+
+def test_load_bot_lets_a_missing_module_raise_its_import_error():
+    with pytest.raises(ModuleNotFoundError):
+        load_bot("tests.support.no_such_module:bot")
