@@ -10,7 +10,8 @@ import pytest
 from engine import processes
 from engine.common.settings import HostSettings
 from engine.engine_pool import EnginePool, settings_environment, shard_endpoint
-from tests.support.engines import running_pool, until
+from tests.support.engines import running_pool
+from tests.support.link import until
 
 
 def test_each_engine_gets_its_own_worker_endpoint():

@@ -10,7 +10,8 @@ from loguru import logger
 from engine import processes
 from engine.local_workers import LocalWorkers
 from engine.sessions import Engine
-from tests.support.engines import engine_settings, private_endpoint, until
+from tests.support.engines import engine_settings
+from tests.support.link import private_endpoint, until
 
 
 @pytest.fixture

@@ -5,12 +5,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine.common.protocol import MediaKind, MediaLane, WorkerHeartbeat
 from engine.metrics import HostMetrics, SessionOutcome
 from engine.sessions import Engine
-from tests.support.engines import (
-    engine_settings,
-    running_engine,
-    stand_in_workers,
-    until,
-)
+from tests.support.engines import engine_settings, running_engine, stand_in_workers
+from tests.support.link import until
 
 
 def samples(metrics: HostMetrics) -> dict[tuple[str, tuple], float]:

@@ -7,7 +7,8 @@ import zmq.asyncio
 from engine.common.link import bind_router
 from engine.common.protocol import WorkerAccept, WorkerHeartbeat
 from engine.registry import WorkerRegistry
-from tests.support.engines import private_endpoint, stand_in_workers
+from tests.support.engines import stand_in_workers
+from tests.support.link import private_endpoint
 
 
 @contextlib.contextmanager

@@ -14,11 +14,10 @@ from engine.sessions import Engine, OfferRejected
 from tests.support.engines import (
     client_offer,
     engine_settings,
-    private_endpoint,
     running_engine,
     stand_in_workers,
-    until,
 )
+from tests.support.link import private_endpoint, until
 
 
 async def offer(engine: Engine, pc, **fields) -> dict:

@@ -16,12 +16,8 @@ from engine.common.protocol import (
     WorkerStop,
 )
 from engine.worker_link import WorkerLink
-from tests.support.engines import (
-    engine_settings,
-    private_endpoint,
-    stand_in_workers,
-    until,
-)
+from tests.support.engines import engine_settings, stand_in_workers
+from tests.support.link import private_endpoint, until
 
 
 class Owner:

@@ -3,12 +3,11 @@
 import asyncio
 import contextlib
 import os
-import tempfile
 from collections.abc import AsyncIterator
 
 import httpx
 import zmq.asyncio
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCPeerConnection
 
 from engine.common.link import connect_dealer, frames
 from engine.common.protocol import (
@@ -21,30 +20,12 @@ from engine.common.protocol import (
 )
 from engine.common.settings import HostSettings
 from engine.engine_pool import EnginePool
-from engine.ice import restrict_host_addresses
 from engine.sessions import Engine
+from tests.support.link import private_endpoint
+from tests.support.peers import client_pc, loopback_only
 
 # A trickled candidate that says there are no more (RFC 8840), as the web client PATCHes it.
 END_OF_CANDIDATES = {"candidate": "", "sdp_mid": "0", "sdp_mline_index": 0}
-
-
-async def until(condition, timeout: float = 10.0):
-    """Poll ``condition()`` until it returns something true, and return that.
-
-    Raises:
-        TimeoutError: If it has not within ``timeout`` seconds.
-    """
-    async with asyncio.timeout(timeout):
-        while not (result := condition()):
-            await asyncio.sleep(0.02)
-        return result
-
-
-@contextlib.contextmanager
-def private_endpoint():
-    """An ``ipc://`` endpoint in a fresh directory, removed afterwards (short, as ipc paths must be)."""
-    with tempfile.TemporaryDirectory(prefix="engine-test-") as directory:
-        yield f"ipc://{directory}/engine.sock"
 
 
 def engine_settings(endpoint: str, **overrides) -> HostSettings:
@@ -156,13 +137,13 @@ async def stand_in_workers(endpoint: str, *worker_ids: str) -> AsyncIterator[lis
 @contextlib.asynccontextmanager
 async def client_offer() -> AsyncIterator[RTCPeerConnection]:
     """A client's peer connection whose local description is an offer as the web client makes it (audio, video, "chat")."""
-    restrict_host_addresses(["127.0.0.1"])
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="sendrecv")
-    pc.addTransceiver("video", direction="sendrecv")
-    pc.createDataChannel("chat")
-    await pc.setLocalDescription(await pc.createOffer())
-    try:
-        yield pc
-    finally:
-        await pc.close()
+    with loopback_only():
+        pc = client_pc()
+        pc.addTransceiver("audio", direction="sendrecv")
+        pc.addTransceiver("video", direction="sendrecv")
+        pc.createDataChannel("chat")
+        await pc.setLocalDescription(await pc.createOffer())
+        try:
+            yield pc
+        finally:
+            await pc.close()

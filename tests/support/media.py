@@ -1,9 +1,9 @@
 """What the transport's tests share: the engine's side of a session, and a bot pipeline to run on it.
 
 The engine's side is made of the real parts: encoded frames as the engine
-hands them to a worker (``encoded_video``, ``encoded_audio``), the messages a
-worker's ``Outbox`` holds for the engine (``sent``, ``next_sent``), and a
-``SmallWebRTCConnection`` on that outbox (``engine_side``). The test plays the
+hands them to a worker (``encoded_video``, ``encoded_audio``) and a
+``SmallWebRTCConnection`` on an outbox the test reads with ``tests.support.link``
+(``engine_side``). The test plays the
 engine by calling the connection's ``handle_*`` methods. ``running`` runs
 Pipecat processors as a real pipeline, and a ``Recorder`` in it shows what
 reached the bot.
@@ -22,8 +22,9 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from engine.common.link import Outbox
-from engine.common.protocol import AudioIn, FromWorker, MediaSource, VideoIn, decode_from_worker
+from engine.common.protocol import AudioIn, MediaSource, VideoIn
 from tests.support.client import colour_bars
+from tests.support.link import DUE_S
 from transport.connection import SmallWebRTCConnection
 from transport.media.codecs import OpusEncoder, VideoEncoder
 from transport.media.colour import rgb_to_i420
@@ -31,8 +32,6 @@ from transport.media.colour import rgb_to_i420
 PC_ID = "pc"
 # The peer's camera in the tests: 320x240 colour bars.
 BARS = colour_bars(320, 240)
-# How long a test waits for something that is due, before it fails instead of hanging.
-DUE_S = 5.0
 
 
 def tone(frequency: float, rate: int, channels: int, seconds: float, amplitude: int = 10000) -> bytes:
@@ -64,27 +63,6 @@ def encoded_audio(pcm: bytes) -> list[tuple[AudioIn, list]]:
         (AudioIn(PC_ID, "audio/opus", start // 2), [zmq.Frame(encoder.encode(pcm[start : start + frame_bytes]))])
         for start in range(0, len(pcm) - frame_bytes + 1, frame_bytes)
     ]
-
-
-def _decoded(parts: list) -> tuple[FromWorker, list[bytes]]:
-    header, *payload = parts
-    return decode_from_worker(header), [bytes(part) for part in payload]
-
-
-def sent(outbox: Outbox) -> list[tuple[FromWorker, list[bytes]]]:
-    """Take what ``outbox`` holds for the engine, in the order its pump would send it, with the payloads."""
-    messages = []
-    while (parts := outbox.mailbox.get_nowait()) is not None:
-        messages.append(_decoded(parts))
-    return messages
-
-
-async def next_sent(outbox: Outbox, kind: type) -> tuple[FromWorker, list[bytes]]:
-    """Wait for the next message of type ``kind`` in ``outbox``, taking the ones before it."""
-    while True:
-        message, payload = _decoded(await asyncio.wait_for(outbox.mailbox.get(), DUE_S))
-        if isinstance(message, kind):
-            return message, payload
 
 
 def engine_side() -> tuple[SmallWebRTCConnection, Outbox]:

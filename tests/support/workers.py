@@ -6,12 +6,11 @@ none builds a Pipecat pipeline, so a session starts in milliseconds.
 
 import asyncio
 import os
-from pathlib import Path
 
 import zmq
 import zmq.asyncio
 
-from engine.common.link import Outbox, bind_router, frames, send_to_worker
+from engine.common.link import bind_router, frames, send_to_worker
 from engine.common.protocol import FromWorker, Message, decode_from_worker
 
 
@@ -38,34 +37,6 @@ async def greeter(runner_args):
     if isinstance(runner_args.body, dict) and runner_args.body.get("leave"):
         return
     await closed.wait()
-
-
-async def until(condition, timeout: float = 5.0) -> None:
-    """Wait for ``condition()`` to hold, looking every 10 ms; TimeoutError after ``timeout``."""
-
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
-
-
-def ipc_endpoint(directory: Path, name: str = "engine") -> str:
-    """A private ``ipc://`` endpoint in a test's tmp dir."""
-    return f"ipc://{directory / name}.ipc"
-
-
-def drain(outbox: Outbox) -> list[list]:
-    """The multipart messages queued in an outbox (header first), in the order its pump would send them."""
-    items = []
-    while (item := outbox.mailbox.get_nowait()) is not None:
-        items.append(item)
-    return items
-
-
-def sent_by_worker(outbox: Outbox) -> list[FromWorker]:
-    """The worker-side messages queued in an outbox, decoded, in sending order."""
-    return [decode_from_worker(parts[0]) for parts in drain(outbox)]
 
 
 class FakeEngine:

@@ -7,7 +7,8 @@ import numpy as np
 from engine.common.link import Outbox
 from engine.common.protocol import AudioOutClear, VideoOut
 from tests.support.client import bars_match, colour_bars, dominant_frequency
-from tests.support.media import BARS, PC_ID, next_sent, sent, tone
+from tests.support.link import next_sent, sent
+from tests.support.media import BARS, PC_ID, tone
 from transport.bot_output import AudioOutput, VideoOutput
 from transport.media.codecs import MediaDecoder
 

@@ -4,11 +4,16 @@ import asyncio
 import json
 
 import pytest
-from pipecat.frames.frames import ClientConnectedFrame, InputTransportMessageFrame, OutputAudioRawFrame
+from pipecat.frames.frames import (
+    ClientConnectedFrame,
+    InputTransportMessageFrame,
+    OutputAudioRawFrame,
+)
 from pipecat.transports.base_transport import TransportParams, VideoInSourceParams
 
 from engine.common.protocol import AudioOut, MediaCaptureSet, MediaSource
-from tests.support.media import DUE_S, PC_ID, Recorder, engine_side, next_sent, running, tone
+from tests.support.link import DUE_S, next_sent
+from tests.support.media import PC_ID, Recorder, engine_side, running, tone
 from transport.bot_transport import SmallWebRTCTransport
 
 

@@ -5,7 +5,11 @@ import json
 
 import av
 import numpy as np
-from pipecat.frames.frames import OutputAudioRawFrame, OutputImageRawFrame, OutputTransportMessageFrame
+from pipecat.frames.frames import (
+    OutputAudioRawFrame,
+    OutputImageRawFrame,
+    OutputTransportMessageFrame,
+)
 from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.transports.base_transport import TransportParams
 
@@ -20,7 +24,15 @@ from engine.common.protocol import (
     SessionConnect,
 )
 from tests.support.client import bars_match
-from tests.support.media import BARS, PC_ID, encoded_audio, encoded_video, engine_side, sent, tone
+from tests.support.link import sent
+from tests.support.media import (
+    BARS,
+    PC_ID,
+    encoded_audio,
+    encoded_video,
+    engine_side,
+    tone,
+)
 from transport.client import SmallWebRTCCallbacks, SmallWebRTCClient
 
 # What a pipeline gives its processors; the client reads only the sample rates.

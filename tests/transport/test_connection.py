@@ -17,7 +17,15 @@ from engine.common.protocol import (
     VideoOut,
 )
 from tests.support.client import bars_match
-from tests.support.media import BARS, PC_ID, encoded_audio, encoded_video, engine_side, next_sent, sent, tone
+from tests.support.link import next_sent, sent
+from tests.support.media import (
+    BARS,
+    PC_ID,
+    encoded_audio,
+    encoded_video,
+    engine_side,
+    tone,
+)
 from transport.media.codecs import MediaDecoder
 
 

@@ -12,8 +12,23 @@ from pipecat.frames.frames import (
 )
 from pipecat.transports.base_transport import TransportParams
 
-from engine.common.protocol import AppMessageOut, AudioOut, AudioOutClear, MediaCaptureSet, MediaSource
-from tests.support.media import PC_ID, Recorder, encoded_audio, encoded_video, engine_side, next_sent, running, tone
+from engine.common.protocol import (
+    AppMessageOut,
+    AudioOut,
+    AudioOutClear,
+    MediaCaptureSet,
+    MediaSource,
+)
+from tests.support.link import next_sent
+from tests.support.media import (
+    PC_ID,
+    Recorder,
+    encoded_audio,
+    encoded_video,
+    engine_side,
+    running,
+    tone,
+)
 from transport.client import SmallWebRTCCallbacks, SmallWebRTCClient
 from transport.processors import SmallWebRTCInputTransport, SmallWebRTCOutputTransport
 

@@ -35,7 +35,7 @@ from engine.common.protocol import (
     SessionConnect,
     SessionOpen,
 )
-from tests.support.workers import sent_by_worker, until
+from tests.support.link import sent_messages, until
 from workers import demo_bot
 from workers.demo_bot import HostEcho
 from workers.session import Session
@@ -145,7 +145,7 @@ class EngineSide:
         """Wait until what the bot sent satisfies ``condition``."""
 
         def met() -> bool:
-            self.sent += sent_by_worker(self.outbox)
+            self.sent += sent_messages(self.outbox)
             return condition(self.sent)
 
         await until(met, timeout=10)
@@ -184,7 +184,7 @@ class EngineSide:
         if not self.task.done():
             self.deliver(SessionClose("pc-1", "peer left"))
         await asyncio.wait_for(self.task, 10)
-        self.sent += sent_by_worker(self.outbox)
+        self.sent += sent_messages(self.outbox)
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from engine.common.protocol import (
     WorkerRegister,
     WorkerStop,
 )
-from tests.support.workers import FakeEngine, ipc_endpoint
+from tests.support.link import ipc_endpoint
+from tests.support.workers import FakeEngine
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).parent / "smallwebrtc-host"

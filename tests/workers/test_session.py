@@ -23,7 +23,8 @@ from engine.common.protocol import (
     TrackStatusChange,
     VideoOut,
 )
-from tests.support.workers import greeter, sent_by_worker, until
+from tests.support.link import sent_messages, until
+from tests.support.workers import greeter
 from transport.connection import SmallWebRTCConnection
 from transport.media.codecs import OpusEncoder
 from workers.session import HostRunnerArguments, Session
@@ -96,7 +97,7 @@ async def test_engine_messages_reach_the_connection_in_order():
     ]
     assert session.connection.is_connected() is False  # the bot never called connect()
     assert session.connection.video_input_track().is_enabled() is False
-    assert sent_by_worker(outbox) == [SessionClose("pc-1", "bot ended")]
+    assert sent_messages(outbox) == [SessionClose("pc-1", "bot ended")]
 
 
 async def test_peer_audio_goes_straight_to_the_connections_microphone_track():
@@ -118,7 +119,7 @@ async def test_a_bot_that_returns_ends_the_session_with_bot_ended():
 
     _, outbox, running = start(returning)
     await asyncio.wait_for(running, 5)
-    assert sent_by_worker(outbox) == [AppMessageOut("pc-1", '{"bye": true}'), SessionClose("pc-1", "bot ended")]
+    assert sent_messages(outbox) == [AppMessageOut("pc-1", '{"bye": true}'), SessionClose("pc-1", "bot ended")]
 
 
 async def test_a_bot_that_raises_ends_the_session_with_bot_failed():
@@ -128,7 +129,7 @@ async def test_a_bot_that_raises_ends_the_session_with_bot_failed():
 
     _, outbox, running = start(raising)
     await asyncio.wait_for(running, 5)
-    assert sent_by_worker(outbox) == [SessionClose("pc-1", "bot failed: RuntimeError: no model today")]
+    assert sent_messages(outbox) == [SessionClose("pc-1", "bot failed: RuntimeError: no model today")]
 
 
 async def test_engine_close_lets_the_bot_end_within_its_grace():
@@ -138,7 +139,7 @@ async def test_engine_close_lets_the_bot_end_within_its_grace():
     # greeter ends when its peer is "closed": long before a 60 s grace would run out.
     await asyncio.wait_for(running, 5)
     # The engine ended it, so the worker does not tell it back.
-    [hello] = sent_by_worker(outbox)
+    [hello] = sent_messages(outbox)
     assert isinstance(hello, AppMessageOut) and '"session_id": "runner-1"' in hello.json
 
 
@@ -164,7 +165,7 @@ async def test_engine_close_cancels_a_bot_still_running_after_its_grace():
     await asyncio.wait_for(running, 5)
     assert cancelled.is_set()
     assert states == ["closed"]  # the bot was told before it was cancelled
-    assert sent_by_worker(outbox) == []
+    assert sent_messages(outbox) == []
 
 
 async def test_a_session_the_worker_closes_ends_as_if_its_peer_left_without_a_close_to_the_engine():
@@ -173,7 +174,7 @@ async def test_a_session_the_worker_closes_ends_as_if_its_peer_left_without_a_cl
     await until(lambda: len(outbox.mailbox))
     session.close("worker stopping")
     await asyncio.wait_for(running, 5)
-    assert [type(m) for m in sent_by_worker(outbox)] == [AppMessageOut]
+    assert [type(m) for m in sent_messages(outbox)] == [AppMessageOut]
 
 
 async def test_the_session_forgets_its_media_lanes_in_the_outbox_at_the_end():
@@ -188,7 +189,7 @@ async def test_the_session_forgets_its_media_lanes_in_the_outbox_at_the_end():
     outbox.send_bounded(MediaLane("pc-2", MediaKind.AUDIO), 25, AudioOut("pc-2", 1), b"opus")
     release.set()
     await asyncio.wait_for(running, 5)
-    assert sent_by_worker(outbox) == [SessionClose("pc-1", "bot ended"), AudioOut("pc-2", 1)]
+    assert sent_messages(outbox) == [SessionClose("pc-1", "bot ended"), AudioOut("pc-2", 1)]
 
 
 @pytest.mark.parametrize("state", ["connecting", "disconnected", "failed"])

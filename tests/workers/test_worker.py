@@ -26,7 +26,8 @@ from engine.common.protocol import (
     encode,
 )
 from engine.common.settings import HostSettings
-from tests.support.workers import FakeEngine, greeter, ipc_endpoint
+from tests.support.link import ipc_endpoint
+from tests.support.workers import FakeEngine, greeter
 from workers.worker import Worker, load_bot
 
 WORKER_ID = "w1"

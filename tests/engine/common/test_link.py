@@ -27,7 +27,7 @@ from engine.common.protocol import (
     decode_from_worker,
     encode,
 )
-from tests.support.workers import drain, ipc_endpoint, sent_by_worker
+from tests.support.link import ipc_endpoint, queued_frames, sent_messages
 
 AUDIO = MediaLane("s1", MediaKind.AUDIO)
 VIDEO = MediaLane("s1", MediaKind.VIDEO)
@@ -41,7 +41,7 @@ def test_control_messages_keep_their_order_and_go_before_media():
     outbox.send_bounded(AUDIO, 10, AudioOut("s1", 1), b"opus")
     for index in range(50):
         outbox.send(SessionClose(f"s{index}", "gone"))
-    sent = sent_by_worker(outbox)
+    sent = sent_messages(outbox)
     assert sent[:50] == [SessionClose(f"s{index}", "gone") for index in range(50)]
     assert sent[50:] == [AudioOut("s1", 1)]
 
@@ -49,7 +49,7 @@ def test_control_messages_keep_their_order_and_go_before_media():
 def test_a_message_travels_with_its_payload_frames():
     outbox = Outbox("test")
     outbox.send(AudioOut("s1", 7), b"opus")
-    assert drain(outbox) == [[encode(AudioOut("s1", 7)), b"opus"]]
+    assert queued_frames(outbox) == [[encode(AudioOut("s1", 7)), b"opus"]]
 
 
 def test_send_bounded_drops_the_oldest_of_its_lane_and_counts_it():
@@ -61,7 +61,7 @@ def test_send_bounded_drops_the_oldest_of_its_lane_and_counts_it():
     assert dropped == [AUDIO] * 3
     assert outbox.mailbox.dropped[AUDIO] == 3
     # The lanes take turns; audio kept its two newest.
-    assert sent_by_worker(outbox) == [AudioOut("s1", 4), VideoOut("s1", 1, True), AudioOut("s1", 5)]
+    assert sent_messages(outbox) == [AudioOut("s1", 4), VideoOut("s1", 1, True), AudioOut("s1", 5)]
 
 
 def test_control_piling_up_breaks_the_outbox_which_then_takes_nothing():
@@ -84,7 +84,7 @@ def test_forget_session_drops_only_that_sessions_media_lanes():
     outbox.send_bounded(MediaLane("s2", MediaKind.AUDIO), 10, AudioOut("s2", 1), b"a")
     outbox.send(SessionClose("s1", "bot ended"))
     outbox.forget_session("s1")
-    assert sent_by_worker(outbox) == [SessionClose("s1", "bot ended"), AudioOut("s2", 1)]
+    assert sent_messages(outbox) == [SessionClose("s1", "bot ended"), AudioOut("s2", 1)]
 
 
 async def test_pump_sends_in_mailbox_order_and_waits_for_more():

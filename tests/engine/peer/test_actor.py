@@ -12,8 +12,8 @@ from engine.common.protocol import (
 )
 from engine.metrics import SessionOutcome
 from engine.peer import SignalingError
+from tests.support.link import until
 from tests.support.peers import PC_ID, PeerRig, TestWorker
-from tests.support.workers import until
 
 
 def loopback_candidate():
