@@ -25,7 +25,10 @@ def log_messages():
 
 @pytest.fixture
 def short_restart_delay(monkeypatch):
-    monkeypatch.setattr(processes, "RESTART_DELAY_FIRST_S", 0.1)
+    # Longer than the engine's 0.5 s look at its workers' processes, so the engine sees the
+    # old process exit before the new one registers under the same id (which it would also
+    # take as the old one lost, for another reason).
+    monkeypatch.setattr(processes, "RESTART_DELAY_FIRST_S", 1.5)
 
 
 @contextlib.asynccontextmanager
