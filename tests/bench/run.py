@@ -98,7 +98,7 @@ class HostServer(Server):
     def roles(self) -> dict[int, str]:
         out = {self.root_pid: "engine"}
         for pid in procstat.descendants(self.root_pid):
-            out[pid] = "worker" if " worker " in procstat.cmdline(pid) else "other"
+            out[pid] = "worker" if " -m workers " in procstat.cmdline(pid) else "other"
         return out
 
     def stop(self) -> None:
