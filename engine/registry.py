@@ -1,6 +1,7 @@
 """The workers the engine knows, and where a new session goes."""
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,6 +10,16 @@ import zmq.asyncio
 
 from engine.common.link import Frames, Outbox, send_to_worker
 from engine.common.protocol import MediaLane, WorkerHeartbeat
+
+
+# The most a worker's heartbeat may claim: past these it only hides how loaded it is.
+MAX_REPORTED_CPU_SHARE = 256.0
+MAX_REPORTED_LOOP_LAG_MS = 60_000.0
+
+
+def _reported(value: float, most: float) -> float:
+    """A load figure a worker reported, within 0..most; a value that is not a number counts as the most."""
+    return min(max(value, 0.0), most) if math.isfinite(value) else most
 
 
 @dataclass(eq=False)
@@ -45,13 +56,18 @@ class WorkerHandle:
         return self.alive and not self.draining and len(self.sessions) < self.capacity
 
     def heard(self, heartbeat: WorkerHeartbeat | None = None) -> None:
-        """The worker spoke; a heartbeat also carries its load."""
+        """The worker spoke; a heartbeat also carries its load.
+
+        Placement trusts these figures only within what a worker can honestly
+        report: a negative or non-finite load would make it look emptier than
+        an idle worker and draw every new session, so it counts as full instead.
+        """
         self.last_seen = time.monotonic()
         if heartbeat is not None:
-            self.loop_lag_ms = heartbeat.loop_lag_ms
-            self.cpu_share = heartbeat.cpu_share
-            self.reported_sessions = heartbeat.sessions
-            self.frames_dropped = heartbeat.frames_dropped
+            self.loop_lag_ms = _reported(heartbeat.loop_lag_ms, MAX_REPORTED_LOOP_LAG_MS)
+            self.cpu_share = _reported(heartbeat.cpu_share, MAX_REPORTED_CPU_SHARE)
+            self.reported_sessions = max(0, heartbeat.sessions)
+            self.frames_dropped = max(0, heartbeat.frames_dropped)
             self.draining = heartbeat.draining
 
     def describe(self) -> dict:

@@ -171,11 +171,16 @@ class WorkerLink:
         existing = self.registry.get(worker_id)
         if existing is not None:
             self._lose(existing, "registered again (restarted)")
-        handle = self.registry.add(worker_id, message.pid, message.hostname, message.capacity)
+        # A worker takes at most the engine's worker_capacity: one that claimed more would draw
+        # every new session before the others filled.
+        capacity = min(message.capacity, self.settings.worker_capacity)
+        if capacity < message.capacity:
+            self.log.warning(
+                f"worker {worker_id} claims capacity {message.capacity}; it gets this engine's worker_capacity, {capacity}"
+            )
+        handle = self.registry.add(worker_id, message.pid, message.hostname, capacity)
         handle.outbox.send(WorkerAccept(self.engine_id))
-        self.log.info(
-            f"worker {worker_id} joined (pid {message.pid} on {message.hostname}, capacity {message.capacity})"
-        )
+        self.log.info(f"worker {worker_id} joined (pid {message.pid} on {message.hostname}, capacity {handle.capacity})")
 
     def _lose(self, handle: WorkerHandle, reason: str) -> None:
         self.registry.remove(handle, reason)

@@ -70,6 +70,22 @@ async def test_placement_takes_the_least_loaded_worker_with_room():
             registry.remove(handle, "test")
 
 
+async def test_a_worker_reporting_an_impossible_load_does_not_draw_every_session():
+    with registry_on_a_socket() as (registry, _, _):
+        honest, negative, not_a_number = (registry.add(name, 1, "box", 4) for name in ("honest", "negative", "nan"))
+        honest.heard(WorkerHeartbeat(sessions=0, loop_lag_ms=1.0, cpu_share=0.2))
+        negative.heard(WorkerHeartbeat(sessions=-5, loop_lag_ms=-1e9, cpu_share=-1e9, frames_dropped=-1))
+        not_a_number.heard(WorkerHeartbeat(sessions=0, loop_lag_ms=float("nan"), cpu_share=float("nan")))
+        assert (negative.cpu_share, negative.loop_lag_ms, negative.reported_sessions) == (0.0, 0.0, 0)
+        # A load that is not a number counts as the most a worker may report.
+        assert not_a_number.cpu_share > 1 and not_a_number.loop_lag_ms > 1000
+        assert registry.place() is negative  # idle as an idle worker, no more
+        negative.sessions.add("a")
+        assert registry.place() is honest
+        for handle in list(registry):
+            registry.remove(handle, "test")
+
+
 async def test_a_draining_or_removed_worker_takes_no_session():
     with registry_on_a_socket() as (registry, _, _):
         draining, removed = registry.add("draining", 1, "box", 4), registry.add("removed", 1, "box", 4)

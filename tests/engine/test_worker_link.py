@@ -55,6 +55,13 @@ async def test_a_worker_that_registers_is_accepted_and_hears_heartbeats():
         assert await worker.expect(EngineHeartbeat) == EngineHeartbeat()
 
 
+async def test_a_worker_gets_no_more_capacity_than_the_engines_worker_capacity():
+    async with running_link(worker_capacity=2) as (link, _), stand_in_workers(link.endpoint, "big", "small") as (big, small):
+        await big.register(capacity=1000)
+        await small.register(capacity=1)
+        assert (link.registry.get("big").capacity, link.registry.get("small").capacity) == (2, 1)
+
+
 async def test_a_heartbeat_carries_the_workers_load():
     async with running_link() as (link, _), stand_in_workers(link.endpoint, "w1") as (worker,):
         await worker.register()
