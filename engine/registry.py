@@ -119,7 +119,10 @@ class WorkerRegistry:
         )
 
         async def send(parts: Frames) -> None:
-            await send_to_worker(self._router, identity, parts)
+            # A message the socket cannot route is not dropped silently: the worker is
+            # lost to this engine, and the supervisor moves its sessions.
+            if not await send_to_worker(self._router, identity, parts) and handle.lost_reason is None:
+                handle.lost_reason = "not connected: a message to it could not be delivered"
 
         handle.pump_task = asyncio.create_task(handle.outbox.pump(send), name=f"pump-{worker_id}")
         self._workers[worker_id] = handle

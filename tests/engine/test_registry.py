@@ -8,7 +8,7 @@ from engine.common.link import bind_router
 from engine.common.protocol import WorkerAccept, WorkerHeartbeat
 from engine.registry import WorkerRegistry
 from tests.support.engines import stand_in_workers
-from tests.support.link import private_endpoint
+from tests.support.link import private_endpoint, until
 
 
 @contextlib.contextmanager
@@ -35,6 +35,16 @@ async def test_a_handle_sends_to_its_worker_through_the_socket():
             handle.outbox.send(WorkerAccept("engine-1"))
             assert await worker.expect(WorkerAccept) == WorkerAccept("engine-1")
             registry.remove(handle, "test")
+
+
+async def test_a_worker_the_socket_cannot_reach_is_no_longer_alive():
+    with registry_on_a_socket() as (registry, _, _):
+        handle = registry.add("never-connected", 1, "box", 4)
+        assert handle.has_room
+        handle.outbox.send(WorkerAccept("engine-1"))
+        await until(lambda: not handle.alive)
+        assert "could not be delivered" in handle.lost_reason and registry.place() is None
+        registry.remove(handle, "test")
 
 
 async def test_a_heartbeat_tells_the_load_and_describe_shows_it():
