@@ -2,7 +2,8 @@
 
 Control items keep their order and are never dropped: a mailbox that holds
 more than ``control_limit`` of them raises ``MailboxOverflow`` so its owner can
-declare the reader stuck instead of growing without bound. Media items go in
+declare the reader stuck instead of growing without bound; ``put_always`` is
+for the few items that end or move the reader's work, which must get through. Media items go in
 lanes, one per stream, each with its drop policy: ``put_latest`` keeps only the
 newest item (video: a late frame is worth nothing), ``put_bounded`` keeps the
 newest ``limit`` items and drops the oldest (audio), counting every drop.
@@ -58,6 +59,17 @@ class Mailbox(Generic[T]):
         """
         if len(self._control) >= self._control_limit:
             raise MailboxOverflow(f"{self.name}: {len(self._control)} control messages unread")
+        self._control.append(item)
+        self._wakeup.set()
+
+    def put_always(self, item: T) -> None:
+        """Queue a control item that must get through even to a reader that fell behind.
+
+        For what ends or moves the reader's work (a session's close, its move to
+        another worker): refusing it would leave the reader stuck for good, and
+        raising would kill the caller (a supervisor, a timer). Each such item is
+        sent at most once per reader, so this does not grow without bound.
+        """
         self._control.append(item)
         self._wakeup.set()
 

@@ -54,6 +54,16 @@ def test_control_overflow_raises():
         mailbox.put(3)
 
 
+def test_what_must_get_through_gets_through_a_full_mailbox_in_order():
+    mailbox = Mailbox("m", control_limit=2)
+    mailbox.put("a")
+    mailbox.put("b")
+    with pytest.raises(MailboxOverflow):
+        mailbox.put("c")
+    mailbox.put_always("close")
+    assert drain(mailbox) == ["a", "b", "close"]
+
+
 def test_discard_lanes():
     mailbox = Mailbox("test")
     mailbox.put_latest(("s1", "camera"), "x")
