@@ -14,6 +14,7 @@ Only signaling crosses this process; media flows between each peer and its engin
 
 import asyncio
 import json
+import time
 from collections import OrderedDict
 
 import httpx
@@ -24,8 +25,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
+from engine.common.settings import HostSettings
 from engine.engine_pool import EnginePool, Shard
-from engine.signaling import MAX_START_SESSIONS
+from engine.signaling import MAX_START_SESSIONS, START_FULL_RETRY_S, BodyLimit, client_address
 
 # A signaling request waits this long for its engine (an offer waits for ICE gathering).
 FORWARD_TIMEOUT_S = 120.0
@@ -33,6 +35,8 @@ FORWARD_TIMEOUT_S = 120.0
 HOP_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", "content-length", "content-encoding",
+    # Set anew to the client this process saw: a client's own is not to be believed.
+    "x-forwarded-for",
 })
 
 
@@ -65,21 +69,40 @@ def _merged_metrics(texts: dict[str, str]) -> bytes:
     return generate_latest(registry)
 
 
-def create_front_app(pool: EnginePool, client: httpx.AsyncClient) -> FastAPI:
+def create_front_app(pool: EnginePool, client: httpx.AsyncClient, settings: HostSettings | None = None) -> FastAPI:
     """The HTTP API of a host with several engines: every route of one engine, handed to the engine that owns it.
 
     Args:
         pool: The engines.
         client: The HTTP client requests are forwarded with.
+        settings: Host settings (the body size limit, how long a /start session is routed); by default, the
+            configuration file and environment the engines read.
     """
+    settings = settings or HostSettings()
     app = FastAPI(title="smallwebrtc-host")
-    start_sessions: OrderedDict[str, Shard] = OrderedDict()
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes)
+    # Session id -> its engine and when the entry expires, in order of expiry. An
+    # expired one is no loss: its engine forgot it unused, or its peer's
+    # requests carry a pc_id that names the engine.
+    start_sessions: OrderedDict[str, tuple[Shard, float]] = OrderedDict()
+
+    def forget_expired_starts() -> None:
+        now = time.monotonic()
+        while start_sessions and next(iter(start_sessions.values()))[1] <= now:
+            start_sessions.popitem(last=False)
+
+    def started_shard(session_id: str) -> Shard | None:
+        forget_expired_starts()
+        entry = start_sessions.get(session_id)
+        return entry[0] if entry else None
 
     def no_engine() -> JSONResponse:
         return JSONResponse({"detail": "no engine is running"}, status_code=503, headers={"Retry-After": "2"})
 
     async def forward(shard: Shard, request: Request, body: bytes) -> Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        # The engine limits /start by the client's address, not this process's.
+        headers["x-forwarded-for"] = client_address(request)
         try:
             reply = await client.request(
                 request.method, shard.url + request.url.path, params=request.query_params, headers=headers, content=body
@@ -112,18 +135,24 @@ def create_front_app(pool: EnginePool, client: httpx.AsyncClient) -> FastAPI:
 
     @app.post("/start")
     async def start(request: Request):
-        shard, reply = await first_taker(request, await request.body())
+        body = await request.body()
+        forget_expired_starts()
+        if len(start_sessions) >= MAX_START_SESSIONS * len(pool.shards):
+            return JSONResponse(
+                {"detail": "too many sessions started and not yet used"},
+                status_code=503,
+                headers={"Retry-After": str(START_FULL_RETRY_S)},
+            )
+        shard, reply = await first_taker(request, body)
         if shard is not None and reply.status_code == 200:
-            start_sessions[json.loads(reply.body)["sessionId"]] = shard
-            while len(start_sessions) > MAX_START_SESSIONS:
-                start_sessions.popitem(last=False)
+            start_sessions[json.loads(reply.body)["sessionId"]] = (shard, time.monotonic() + settings.start_session_ttl_s)
         return reply
 
     @app.api_route("/sessions/{session_id}/api/offer", methods=["POST", "PATCH"])
     async def session_offer(session_id: str, request: Request):
         body = await request.body()
         # An unknown session: any engine answers it with its 404.
-        shard = pool.owner(_pc_id_of(body)) or start_sessions.get(session_id) or next(iter(pool.live()), None)
+        shard = pool.owner(_pc_id_of(body)) or started_shard(session_id) or next(iter(pool.live()), None)
         return await forward(shard, request, body) if shard else no_engine()
 
     async def from_every_engine(path: str) -> dict[str, httpx.Response]:

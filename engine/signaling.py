@@ -1,27 +1,205 @@
 """The HTTP side of the engine: the routes of the SmallWebRTC wire contract and the demo page."""
 
 import hmac
+import ipaddress
+import json
+import math
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiortc.sdp import candidate_from_sdp
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.sessions import Engine, OfferRejected
 
 STATIC_DIR = Path(__file__).parent / "static"
-# Sessions registered by /start and not yet ended, oldest forgotten first.
+# Sessions registered by /start held at once, a last bound behind their expiry
+# and the rate limit: past it /start answers 503, live entries are never evicted.
 MAX_START_SESSIONS = 10_000
+# What a full /start table asks a client to wait.
+START_FULL_RETRY_S = 10
 
 
-class OfferRequest(BaseModel):
+class BodyLimit:
+    """ASGI middleware: a request whose body is over ``max_bytes`` gets 413 before anything parses it.
+
+    A Content-Length over the limit is refused before the body is read; a body
+    without one (chunked) is counted as it arrives.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        """Wrap ``app``."""
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        detail = f"the request body is over {self.max_bytes} bytes"
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                # The route reading the body answers it with 413 (FastAPI
+                # re-raises an HTTPException met while parsing).
+                raise HTTPException(413, detail)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def client_address(request: Request) -> str:
+    """The client's address; a proxy on loopback (the front of several engines, say) names it in X-Forwarded-For."""
+    direct = request.client.host if request.client else ""
+    forwarded = request.headers.get("x-forwarded-for")
+    try:
+        behind_proxy = ipaddress.ip_address(direct).is_loopback
+    except ValueError:
+        behind_proxy = False
+    if forwarded and behind_proxy:
+        # The last address is the one the nearest proxy saw.
+        return forwarded.split(",")[-1].strip()
+    return direct
+
+
+class RateLimit:
+    """A token bucket per client address: ``per_minute`` calls a minute, a minute's worth at once."""
+
+    def __init__(self, per_minute: int):
+        """Initialize the limit; 0 lets every call through."""
+        self._per_minute = per_minute
+        # address -> (tokens left, when counted), the least recently counted first.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def retry_after(self, address: str) -> int:
+        """0 when ``address`` may call now (the call is counted), else the seconds until it may."""
+        if not self._per_minute:
+            return 0
+        now = time.monotonic()
+        # A bucket untouched for a minute is full again: as good as none.
+        while self._buckets and now - next(iter(self._buckets.values()))[1] >= 60:
+            self._buckets.popitem(last=False)
+        per_s = self._per_minute / 60
+        tokens, counted = self._buckets.pop(address, (self._per_minute, now))
+        tokens = min(self._per_minute, tokens + (now - counted) * per_s)
+        if tokens < 1:
+            self._buckets[address] = (tokens, now)
+            return math.ceil((1 - tokens) / per_s)
+        self._buckets[address] = (tokens - 1, now)
+        return 0
+
+
+@dataclass
+class _Started:
+    body: Any
+    expires: float
+    pc_ids: set[str] = field(default_factory=set)
+
+
+class StartSessions:
+    """Sessions registered by ``/start``: one no live peer uses expires ``ttl_s`` after it was registered."""
+
+    def __init__(self, ttl_s: float, peer_lives: Callable[[str], bool]):
+        """Initialize the table.
+
+        Args:
+            ttl_s: How long an unused session is kept.
+            peer_lives: Whether the peer with a pc_id has not ended.
+        """
+        self._ttl_s = ttl_s
+        self._peer_lives = peer_lives
+        # In order of expiry.
+        self._entries: OrderedDict[str, _Started] = OrderedDict()
+
+    def add(self, body: Any) -> str | None:
+        """Register a session; its id, or None when ``MAX_START_SESSIONS`` are held."""
+        self._expire()
+        if len(self._entries) >= MAX_START_SESSIONS:
+            return None
+        session_id = str(uuid.uuid4())
+        self._entries[session_id] = _Started(body, time.monotonic() + self._ttl_s)
+        return session_id
+
+    def body(self, session_id: str) -> Any:
+        """The body registered with the session.
+
+        Raises:
+            HTTPException: 404 if there is no such session (or it expired).
+        """
+        self._expire()
+        if session_id not in self._entries:
+            raise HTTPException(404, f"unknown session {session_id}")
+        return self._entries[session_id].body
+
+    def used_by(self, session_id: str, pc_id: str) -> None:
+        """The peer ``pc_id`` runs under the session: it lasts while that peer lives."""
+        if session_id in self._entries:
+            self._entries[session_id].pc_ids.add(pc_id)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._entries:
+            session_id, entry = next(iter(self._entries.items()))
+            if entry.expires > now:
+                return
+            entry.pc_ids = {pc_id for pc_id in entry.pc_ids if self._peer_lives(pc_id)}
+            if not entry.pc_ids:
+                del self._entries[session_id]
+                continue
+            entry.expires = now + self._ttl_s
+            self._entries.move_to_end(session_id)
+
+
+def _refuse_lone_surrogates(data: Any) -> Any:
+    # "\ud800" is valid JSON but no text: it would fail wherever it is
+    # encoded (a reply, a log line, the worker link), far from here.
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return data
+
+
+class _Body(BaseModel):
+    """A JSON request body: text only."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        return _refuse_lone_surrogates(data)
+
+
+class OfferRequest(_Body):
     """``POST /api/offer``: a new offer, a renegotiation (known pc_id) or a restart."""
 
     model_config = ConfigDict(populate_by_name=True)
@@ -41,14 +219,14 @@ class IceCandidateModel(BaseModel):
     sdp_mline_index: int | None = None
 
 
-class PatchRequest(BaseModel):
+class PatchRequest(_Body):
     """``PATCH /api/offer``: trickled candidates for a known pc_id."""
 
     pc_id: str
     candidates: list[IceCandidateModel]
 
 
-class StartRequest(BaseModel):
+class StartRequest(_Body):
     """``POST /start``: registers a session whose offer follows."""
 
     model_config = ConfigDict(extra="allow")
@@ -77,9 +255,13 @@ def bearer_check(token: str, what: str):
     return check
 
 
-def _to_rtc_candidates(candidates: list[IceCandidateModel]) -> list:
+def _to_rtc_candidates(candidates: list[IceCandidateModel], limit: int) -> list:
+    # A repeated candidate (the web client trickles those its offer carried) costs nothing.
+    distinct = {(c.candidate, c.sdp_mid, c.sdp_mline_index): c for c in candidates}
+    if sum(1 for c in distinct.values() if c.candidate) > limit:
+        raise HTTPException(400, f"more than {limit} ICE candidates in one request")
     parsed = []
-    for c in candidates:
+    for c in distinct.values():
         if not c.candidate:
             # End of candidates (RFC 8840): aiortc takes None.
             parsed.append(None)
@@ -100,10 +282,20 @@ def create_app(engine: Engine) -> FastAPI:
     Args:
         engine: The engine that owns the peers and workers.
     """
+    settings = engine.settings
     app = FastAPI(title="smallwebrtc-host")
-    start_sessions: OrderedDict[str, Any] = OrderedDict()
-    api_auth = [Depends(bearer_check(engine.settings.api_token, "this API"))]
-    admin_auth = Depends(bearer_check(engine.settings.admin_token, "the admin API"))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes)
+    start_sessions = StartSessions(
+        settings.start_session_ttl_s, lambda pc_id: pc_id in engine.peers and not engine.peers[pc_id].ended
+    )
+    start_rate = RateLimit(settings.start_rate_per_minute)
+    api_auth = [Depends(bearer_check(settings.api_token, "this API"))]
+    admin_auth = Depends(bearer_check(settings.admin_token, "the admin API"))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, e: RequestValidationError) -> Response:
+        # As FastAPI's own answer, but ASCII: the input it quotes back may hold a lone surrogate.
+        return Response(json.dumps({"detail": jsonable_encoder(e.errors())}), 422, media_type="application/json")
 
     async def offer(request: OfferRequest, session_id: str | None, body: Any) -> JSONResponse | dict:
         try:
@@ -116,15 +308,16 @@ def create_app(engine: Engine) -> FastAPI:
                 runner_session_id=session_id,
             )
         except OfferRejected as e:
-            logger.warning(f"offer (pc_id={request.pc_id}) rejected with {e.status}: {e.detail}")
+            # repr(): the pc_id (in the detail too) is the client's, and must not forge a log line.
+            logger.warning(f"offer (pc_id={request.pc_id!r}) rejected with {e.status}: {e.detail!r}")
             return _rejection(engine, e)
 
     async def patch(request: PatchRequest) -> JSONResponse | dict:
-        candidates = _to_rtc_candidates(request.candidates)
+        candidates = _to_rtc_candidates(request.candidates, settings.max_candidates_per_request)
         try:
             await engine.add_candidates(request.pc_id, candidates)
         except OfferRejected as e:
-            logger.warning(f"candidates for pc_id={request.pc_id} rejected with {e.status}: {e.detail}")
+            logger.warning(f"candidates for pc_id={request.pc_id!r} rejected with {e.status}: {e.detail!r}")
             return _rejection(engine, e)
         return {"status": "success"}
 
@@ -137,31 +330,34 @@ def create_app(engine: Engine) -> FastAPI:
         return await patch(request)
 
     @app.post("/start", dependencies=api_auth)
-    async def start(request: StartRequest):
+    async def start(request: StartRequest, http: Request):
         if request.transport != "webrtc":
             raise HTTPException(400, f"Transport '{request.transport}' is not served here (only 'webrtc').")
-        session_id = str(uuid.uuid4())
-        start_sessions[session_id] = request.body if request.body is not None else {}
-        while len(start_sessions) > MAX_START_SESSIONS:
-            start_sessions.popitem(last=False)
+        retry_after = start_rate.retry_after(client_address(http))
+        if retry_after:
+            raise HTTPException(
+                429, f"more than {settings.start_rate_per_minute} /start a minute", {"Retry-After": str(retry_after)}
+            )
+        session_id = start_sessions.add(request.body if request.body is not None else {})
+        if session_id is None:
+            logger.warning(f"/start refused: {MAX_START_SESSIONS} sessions registered and not yet expired")
+            raise HTTPException(503, "too many sessions started and not yet used", {"Retry-After": str(START_FULL_RETRY_S)})
         result: dict[str, Any] = {"sessionId": session_id}
-        if engine.settings.ice_servers:
-            result["iceConfig"] = {"iceServers": [s.to_client() for s in engine.settings.ice_servers]}
+        if settings.ice_servers:
+            result["iceConfig"] = {"iceServers": [s.to_client() for s in settings.ice_servers]}
         return result
-
-    def start_session(session_id: str) -> Any:
-        if session_id not in start_sessions:
-            raise HTTPException(404, f"unknown session {session_id}")
-        return start_sessions[session_id]
 
     @app.post("/sessions/{session_id}/api/offer", dependencies=api_auth)
     async def post_session_offer(session_id: str, request: OfferRequest):
-        body = start_session(session_id)
-        return await offer(request, session_id, request.request_data or body)
+        body = start_sessions.body(session_id)
+        answer = await offer(request, session_id, request.request_data or body)
+        if isinstance(answer, dict):
+            start_sessions.used_by(session_id, answer["pc_id"])
+        return answer
 
     @app.patch("/sessions/{session_id}/api/offer", dependencies=api_auth)
     async def patch_session_offer(session_id: str, request: PatchRequest):
-        start_session(session_id)
+        start_sessions.body(session_id)
         return await patch(request)
 
     @app.get("/status")
@@ -189,7 +385,7 @@ def create_app(engine: Engine) -> FastAPI:
     @app.post("/admin/drain", dependencies=[admin_auth])
     async def admin_drain():
         """Stop taking sessions; the host exits once the running ones end (or the drain timeout)."""
-        if not engine.settings.admin_token:
+        if not settings.admin_token:
             raise HTTPException(404, "the admin API is off: set admin_token to use it")
         engine.drain("POST /admin/drain")
         return {"draining": True, "sessions": engine.live_peer_count()}

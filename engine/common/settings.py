@@ -106,6 +106,15 @@ class HostSettings(BaseSettings):
     engine_silent_after_s: float = Field(10.0, gt=0)
     bot_end_grace_s: float = Field(5.0, ge=0)
     drain_timeout_s: float = Field(3600.0, ge=0)
+    max_request_body_bytes: int = Field(256 * 1024, ge=4096)
+    max_media_sections: int = Field(8, ge=1, le=1000)
+    max_candidates_per_request: int = Field(50, ge=1)
+    max_candidates_per_peer: int = Field(200, ge=1)
+    start_session_ttl_s: float = Field(300.0, gt=0)
+    start_rate_per_minute: int = Field(60, ge=0)
+    max_data_channel_message_bytes: int = Field(64 * 1024, ge=1024)
+    max_data_channel_messages_per_s: int = Field(50, ge=1)
+    max_data_channel_buffered_bytes: int = Field(1024 * 1024, ge=64 * 1024)
     api_token: str = ""
     admin_token: str = ""
     log_level: str = "INFO"

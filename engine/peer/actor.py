@@ -20,7 +20,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.sdp import SessionDescription
+from aiortc.sdp import SessionDescription, candidate_to_sdp
 
 from engine.common.mailbox import Mailbox
 from engine.common.protocol import (
@@ -146,6 +146,8 @@ class PeerActor:
         self._restart_reason = ""
         self._connecting_timer: asyncio.Task | None = None
         self._ended = False
+        # The distinct remote candidates the current peer connection has taken (in its offers or trickled).
+        self._remote_candidates: set[str] = set()
 
     @property
     def worker(self) -> WorkerHandle:
@@ -247,11 +249,7 @@ class PeerActor:
             case Offer():
                 await self._handle_offer(item)
             case Candidates(candidates, reply):
-                # Candidates for a peer connection that died are for nothing.
-                pc = self._session.pc
-                for candidate in candidates if pc is not None else []:
-                    await pc.addIceCandidate(candidate)
-                reply.set_result(None)
+                await self._handle_candidates(candidates, reply)
             case Close(reason, outcome, tell_worker):
                 await self._end(reason, outcome, tell_worker=tell_worker, notify_peer=True)
             case _MoveTo(worker):
@@ -280,10 +278,19 @@ class PeerActor:
         if offer.type != "offer":
             raise SignalingError(f"expected an SDP of type 'offer', got {offer.type!r}")
         try:
-            if not SessionDescription.parse(offer.sdp).media:
+            media = SessionDescription.parse(offer.sdp).media
+            if not media:
                 raise ValueError("it has no media section")
         except Exception as e:
             raise SignalingError(f"invalid offer SDP: {e}") from e
+        # aiortc gives every media section a transceiver (and a receiver task).
+        if len(media) > self._settings.max_media_sections:
+            raise SignalingError(
+                f"the offer has {len(media)} media sections, more than the {self._settings.max_media_sections} taken"
+            )
+        new_pc = self._session.pc is None or offer.restart_pc
+        offered = {candidate_to_sdp(c) for m in media for c in m.ice_candidates}
+        self._check_candidate_total(offered | (set() if new_pc else self._remote_candidates))
         if self._session.pc is None:
             self._new_pc()
         elif offer.restart_pc:
@@ -295,12 +302,40 @@ class PeerActor:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type=offer.type))
         except Exception as e:
             raise SignalingError(f"invalid offer SDP: {e}") from e
+        self._remote_candidates = offered | (set() if new_pc else self._remote_candidates)
         self._media.prepare(pc.getTransceivers())
         await pc.setLocalDescription(await pc.createAnswer())
         self._media.answered()
         self._channel.answered()
         description = pc.localDescription
         offer.reply.set_result({"sdp": description.sdp, "type": description.type, "pc_id": self.pc_id})
+
+    async def _handle_candidates(self, candidates: list, reply: asyncio.Future) -> None:
+        # Candidates for a peer connection that died are for nothing.
+        pc = self._session.pc
+        # A candidate already taken is skipped: aioice would scan every one it
+        # has for it. Under MAX_BUNDLE one transport takes them all, whatever the mid.
+        fresh: dict[str | None, Any] = {}
+        for candidate in candidates if pc is not None else []:
+            key = None if candidate is None else candidate_to_sdp(candidate)
+            if key not in self._remote_candidates:
+                fresh.setdefault(key, candidate)
+        taken = self._remote_candidates | (fresh.keys() - {None})
+        try:
+            self._check_candidate_total(taken)
+        except SignalingError as e:
+            reply.set_exception(e)
+            return
+        for candidate in fresh.values():
+            await pc.addIceCandidate(candidate)
+        self._remote_candidates = taken
+        reply.set_result(None)
+
+    def _check_candidate_total(self, candidates: set[str]) -> None:
+        if len(candidates) > self._settings.max_candidates_per_peer:
+            raise SignalingError(
+                f"more than {self._settings.max_candidates_per_peer} ICE candidates for one peer connection"
+            )
 
     # ---- aiortc's events, and liveness ----
 

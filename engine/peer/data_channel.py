@@ -35,6 +35,42 @@ MAX_HELD_APP_MESSAGES = 100
 RENEGOTIATION_GUARD_S = 2.0
 # How long a closing session waits for "peerLeft" to leave the data channel.
 PEER_LEFT_FLUSH_S = 0.5
+# JSON nested deeper than this is refused: the worker and the bot parse it again.
+MAX_JSON_DEPTH = 32
+# A warning about dropped messages comes at most this often, with their count.
+DROP_WARNING_INTERVAL_S = 5.0
+# How much of a refused message a log line quotes.
+LOGGED_CHARS = 200
+
+
+def _json_depth_over(value, limit: int) -> bool:
+    """Whether parsed JSON nests deeper than ``limit`` (without recursing)."""
+    pending = [(value, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            pending.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return False
+
+
+class _Drops:
+    """Messages dropped for one reason: counted, and warned about at most every ``DROP_WARNING_INTERVAL_S``."""
+
+    def __init__(self, session: PeerSession, what: str):
+        self._session = session
+        self._what = what
+        self._count = 0
+        self._warned_at: float | None = None
+
+    def add(self) -> None:
+        """Count one drop, and warn with the count if the last warning is old enough."""
+        self._count += 1
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= DROP_WARNING_INTERVAL_S:
+            self._warned_at = now
+            self._session.log.warning(f"peer {self._session.pc_id}: {self._count} {self._what} so far")
 
 
 class PeerDataChannel:
@@ -69,6 +105,14 @@ class PeerDataChannel:
         # While a renegotiation we asked for is under way (until 2 s after its
         # answer), no other is asked for.
         self._renegotiating_until: float | None = None
+        # A token bucket for the peer's messages: a second's worth at once.
+        self._message_tokens = float(settings.max_data_channel_messages_per_s)
+        self._tokens_at = time.monotonic()
+        per_s = settings.max_data_channel_messages_per_s
+        self._flood_drops = _Drops(session, f"messages from the peer dropped over {per_s} a second")
+        self._unread_drops = _Drops(
+            session, f"messages for the peer dropped while its send buffer held {settings.max_data_channel_buffered_bytes} bytes"
+        )
 
     # ---- the channel's life ----
 
@@ -147,10 +191,25 @@ class PeerDataChannel:
         if isinstance(message, str) and message.startswith("ping"):
             self._last_ping = time.monotonic()
             return
+        if not self._take_token():
+            self._flood_drops.add()
+            return
+        if isinstance(message, bytes):
+            self._refuse(f"a binary message ({len(message)} bytes)", message)
+            return
+        if len(message.encode()) > self._settings.max_data_channel_message_bytes:
+            self._refuse(f"a message over {self._settings.max_data_channel_message_bytes} bytes", message)
+            return
         try:
             parsed = json.loads(message)
-        except (TypeError, ValueError) as e:
-            self._session.log.warning(f"peer {self._session.pc_id}: ignoring a data channel message that is not JSON: {e}")
+        except RecursionError:
+            self._refuse("a message nested too deep to parse", message)
+            return
+        except ValueError as e:
+            self._refuse(f"a message that is not JSON ({e})", message)
+            return
+        if _json_depth_over(parsed, MAX_JSON_DEPTH):
+            self._refuse(f"a message nested deeper than {MAX_JSON_DEPTH}", message)
             return
         if isinstance(parsed, dict) and parsed.get("type") == SIGNALLING_TYPE and parsed.get("message"):
             self._receive_signalling(parsed["message"])
@@ -161,6 +220,21 @@ class PeerDataChannel:
                 self._session.log.warning(f"peer {self._session.pc_id}: bot not ready, dropping the oldest held app message")
             self._held_app_messages.append(message)
 
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        per_s = self._settings.max_data_channel_messages_per_s
+        self._message_tokens = min(per_s, self._message_tokens + (now - self._tokens_at) * per_s)
+        self._tokens_at = now
+        if self._message_tokens < 1:
+            return False
+        self._message_tokens -= 1
+        return True
+
+    def _refuse(self, what: str, message: str | bytes) -> None:
+        self._session.log.warning(
+            f"peer {self._session.pc_id}: ignoring {what} on the data channel: {message[:LOGGED_CHARS]!r}"
+        )
+
     def release_held_app_messages(self) -> None:
         """Send the app messages held for the bot to the worker, in order: the bot now hears the peer."""
         while self._held_app_messages:
@@ -168,11 +242,16 @@ class PeerDataChannel:
 
     def _receive_signalling(self, message) -> None:
         if not isinstance(message, dict) or message.get("type") != "trackStatus":
-            self._session.log.warning(f"peer {self._session.pc_id}: ignoring unknown signalling message {message!r}")
+            self._session.log.warning(
+                f"peer {self._session.pc_id}: ignoring unknown signalling message {repr(message)[:LOGGED_CHARS]}"
+            )
             return
         index, enabled = message.get("receiver_index"), message.get("enabled")
-        if index not in SOURCE_BY_RECEIVER or not isinstance(enabled, bool):
-            self._session.log.warning(f"peer {self._session.pc_id}: ignoring malformed trackStatus {message!r}")
+        # type() is int: True and 1.0 equal 1, and would pass as receiver 1.
+        if type(index) is not int or index not in SOURCE_BY_RECEIVER or not isinstance(enabled, bool):
+            self._session.log.warning(
+                f"peer {self._session.pc_id}: ignoring malformed trackStatus {repr(message)[:LOGGED_CHARS]}"
+            )
             return
         self._on_track_status(index, enabled)
         self._session.to_worker(TrackStatusChange(self._session.pc_id, index, enabled))
@@ -180,8 +259,13 @@ class PeerDataChannel:
     # ---- to the peer ----
 
     def send(self, text: str) -> None:
-        """Send a message to the peer, or queue it (at most ``MAX_OUTGOING_QUEUE``) until the channel opens."""
-        if self._is_open():
+        """Send a message to the peer, or queue it (at most ``MAX_OUTGOING_QUEUE``) until the channel opens.
+
+        A message is dropped while the channel's send buffer holds ``max_data_channel_buffered_bytes``.
+        """
+        if self._is_open() and self._channel.bufferedAmount >= self._settings.max_data_channel_buffered_bytes:
+            self._unread_drops.add()
+        elif self._is_open():
             self._channel.send(text)
         elif self._queueing and len(self._outgoing) < MAX_OUTGOING_QUEUE:
             self._outgoing.append(text)

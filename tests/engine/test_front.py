@@ -97,3 +97,16 @@ async def test_workers_readiness_and_metrics_of_every_engine_together():
         assert "<html" in (await front.get("/")).text.lower()
         # Every engine answers the drain; with the admin API off, each says so.
         assert (await front.post("/admin/drain")).status_code == 404
+
+
+async def test_a_body_over_the_limit_is_413_at_the_front():
+    async with httpx.AsyncClient() as client:
+        pool = EnginePool(HostSettings(engines=2, workers=0), None, client)
+        transport = httpx.ASGITransport(app=create_front_app(pool, client, HostSettings(max_request_body_bytes=4096)))
+        async with httpx.AsyncClient(transport=transport, base_url="http://front") as front:
+            big = {"sdp": "x" * 5000, "type": "offer"}
+            for method in ("POST", "PATCH"):
+                reply = await front.request(method, "/api/offer", json=big)
+                assert reply.status_code == 413 and "4096 bytes" in reply.json()["detail"]
+            # Under the limit, it goes on to the engines (none runs).
+            assert (await front.post("/api/offer", json={"sdp": "v=0", "type": "offer"})).status_code == 503

@@ -1,8 +1,10 @@
 """The engine's HTTP API, in process against a real engine: the wire contract's routes, refusals, tokens, probes."""
 
+import asyncio
 import contextlib
 
 import httpx
+from loguru import logger
 
 from engine.common.protocol import SessionOpen
 from engine.signaling import create_app
@@ -12,6 +14,7 @@ from tests.support.engines import (
     running_engine,
     stand_in_workers,
 )
+from tests.support.peers import client_pc, loopback_only
 
 
 @contextlib.asynccontextmanager
@@ -133,3 +136,123 @@ async def test_the_demo_page_is_served():
     async with api() as (_, client):
         assert "<html" in (await client.get("/")).text.lower()
         assert (await client.get("/static/demo.js")).status_code == 200
+
+
+async def test_a_body_over_the_limit_is_413_before_it_is_parsed():
+    async with api(max_request_body_bytes=4096) as (_, client):
+        big = b'{"sdp": "' + b"x" * 5000 + b'", "type": "offer"}'
+        reply = await client.post("/api/offer", content=big, headers={"content-type": "application/json"})
+        assert reply.status_code == 413 and "4096 bytes" in reply.json()["detail"]
+
+        async def chunked():
+            # No Content-Length: the body is counted as it arrives.
+            for start in range(0, len(big), 1000):
+                yield big[start : start + 1000]
+
+        reply = await client.post("/api/offer", content=chunked(), headers={"content-type": "application/json"})
+        assert "content-length" not in reply.request.headers
+        assert reply.status_code == 413
+        assert (await client.post("/start", json={"transport": "webrtc"})).status_code == 200
+
+
+async def test_an_offer_with_too_many_media_sections_is_400():
+    async with api() as (engine, client), stand_in_workers(engine.endpoint, "w1") as (worker,):
+        await worker.register()
+        with loopback_only():
+            pc = client_pc()
+            for _ in range(9):
+                pc.addTransceiver("audio", direction="sendrecv")
+            await pc.setLocalDescription(await pc.createOffer())
+            await pc.close()
+        reply = await client.post("/api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+        assert reply.status_code == 400
+        assert reply.json()["detail"] == "the offer has 9 media sections, more than the 8 taken"
+
+
+def host_candidate(port: int) -> dict:
+    return {"candidate": f"candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host", "sdp_mid": "0", "sdp_mline_index": 0}
+
+
+async def test_candidates_past_a_limit_are_400_and_repeats_and_the_end_marker_are_free():
+    async with (
+        api(max_candidates_per_request=3, max_candidates_per_peer=6) as (engine, client),
+        stand_in_workers(engine.endpoint, "w1") as (worker,),
+    ):
+        reply = await client.patch("/api/offer", json={"pc_id": "nobody", "candidates": [host_candidate(p) for p in range(4)]})
+        assert reply.status_code == 400 and "more than 3 ICE candidates in one request" in reply.json()["detail"]
+
+        await worker.register()
+        async with client_offer() as pc:
+            # Without the offer's own candidates, every one counted is trickled here.
+            sdp = "".join(line for line in pc.localDescription.sdp.splitlines(True) if not line.startswith("a=candidate:"))
+            pc_id = (await client.post("/api/offer", json={"sdp": sdp, "type": "offer"})).json()["pc_id"]
+
+            async def trickle(*candidates) -> httpx.Response:
+                return await client.patch("/api/offer", json={"pc_id": pc_id, "candidates": list(candidates)})
+
+            first, second = [host_candidate(p) for p in (1, 2, 3)], [host_candidate(p) for p in (4, 5, 6)]
+            assert (await trickle(*first)).status_code == 200
+            assert (await trickle(*first, *first, END_OF_CANDIDATES, END_OF_CANDIDATES)).status_code == 200
+            assert (await trickle(*second)).status_code == 200
+            reply = await trickle(host_candidate(7))
+            assert reply.status_code == 400
+            assert reply.json()["detail"] == "more than 6 ICE candidates for one peer connection"
+            # The session goes on.
+            assert (await trickle(*second, END_OF_CANDIDATES)).json() == {"status": "success"}
+
+
+async def test_start_is_rate_limited_per_client_address():
+    async with api(start_rate_per_minute=2) as (_, client):
+        one, other = {"X-Forwarded-For": "203.0.113.1"}, {"X-Forwarded-For": "203.0.113.2"}
+        for _ in range(2):
+            assert (await client.post("/start", json={}, headers=one)).status_code == 200
+        reply = await client.post("/start", json={}, headers=one)
+        assert reply.status_code == 429 and int(reply.headers["Retry-After"]) >= 1
+        assert (await client.post("/start", json={}, headers=other)).status_code == 200
+
+
+async def test_a_start_session_no_offer_used_expires_and_a_used_one_lasts_with_its_peer():
+    async with api(start_session_ttl_s=0.2) as (engine, client), stand_in_workers(engine.endpoint, "w1") as (worker,):
+        await worker.register()
+        unused = (await client.post("/start", json={})).json()["sessionId"]
+        used = (await client.post("/start", json={})).json()["sessionId"]
+        async with client_offer() as pc:
+            offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+            pc_id = (await client.post(f"/sessions/{used}/api/offer", json=offer)).json()["pc_id"]
+            await asyncio.sleep(0.3)
+            reply = await client.patch(f"/sessions/{used}/api/offer", json={"pc_id": pc_id, "candidates": [END_OF_CANDIDATES]})
+            assert reply.json() == {"status": "success"}
+            reply = await client.post(f"/sessions/{unused}/api/offer", json=offer)
+            assert (reply.status_code, reply.json()["detail"]) == (404, f"unknown session {unused}")
+
+
+async def test_lone_surrogates_are_4xx_not_500():
+    async with api() as (_, client):
+        for body in (
+            r'{"sdp": "\ud800", "type": "offer"}',
+            r'{"sdp": ["\udfff"], "type": "offer"}',
+            r'{"sdp": "v=0", "type": "offer", "requestData": {"\ud800": 1}}',
+        ):
+            reply = await client.post("/api/offer", content=body, headers={"content-type": "application/json"})
+            assert reply.status_code == 422, body
+        patch = r'{"pc_id": "\ud800", "candidates": []}'
+        reply = await client.patch("/api/offer", content=patch, headers={"content-type": "application/json"})
+        assert reply.status_code == 422 and "surrogate" in reply.text
+        start = r'{"transport": "webrtc", "body": "\ud800"}'
+        assert (await client.post("/start", content=start, headers={"content-type": "application/json"})).status_code == 422
+
+
+async def test_a_pc_id_cannot_forge_a_log_line():
+    lines: list[str] = []
+    sink = logger.add(lines.append, format="{message}")
+    try:
+        async with api() as (_, client):
+            forged = "x\nERROR forged line"
+            reply = await client.post("/api/offer", json={"sdp": "v=0", "type": "offer", "pc_id": forged})
+            assert reply.status_code == 404
+            reply = await client.patch("/api/offer", json={"pc_id": forged, "candidates": []})
+            assert reply.status_code == 404
+    finally:
+        logger.remove(sink)
+    logged = [line for line in lines if "x\\nERROR forged line" in line]
+    assert len(logged) == 2 and all(line.count("\n") == 1 for line in logged)

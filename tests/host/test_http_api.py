@@ -61,6 +61,17 @@ async def test_malformed_json_gets_422(host):
     assert status == 422 and "JSON" in str(body)
 
 
+async def test_oversized_bodies_get_413_and_lone_surrogates_a_4xx(host):
+    status, body = await request("POST", f"{host.base_url}/api/offer", json={"sdp": "x" * 300_000, "type": "offer"})
+    assert status == 413 and "262144 bytes" in body["detail"]
+    surrogate = r'{"sdp": "\ud800", "type": "offer", "pc_id": "\udfff"}'
+    status, _ = await request(
+        "POST", f"{host.base_url}/api/offer", data=surrogate, headers={"content-type": "application/json"}
+    )
+    assert status == 422
+    assert (await request("GET", f"{host.base_url}/status"))[0] == 200
+
+
 async def test_patch_unknown_pc_id_is_404(host):
     status, body = await request("PATCH", f"{host.base_url}/api/offer", json={"pc_id": "nope", "candidates": []})
     assert status == 404 and "nope" in body["detail"]

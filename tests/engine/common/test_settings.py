@@ -41,7 +41,18 @@ def test_turn_credentials_from_the_environment(monkeypatch):
     assert server.to_client() == {"urls": "turn:t:3478", "username": "u", "credential": "p"}
 
 
-@pytest.mark.parametrize("field, value", [("port", 70000), ("sctp_max_chunk_size", 5000), ("connection_mode", "some")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("port", 70000),
+        ("sctp_max_chunk_size", 5000),
+        ("connection_mode", "some"),
+        ("max_request_body_bytes", 100),
+        ("max_media_sections", 0),
+        ("start_rate_per_minute", -1),
+        ("max_data_channel_messages_per_s", 0),
+    ],
+)
 def test_invalid_settings_name_the_setting(field, value):
     with pytest.raises(ValidationError, match=field):
         load_settings(**{field: value})

@@ -120,3 +120,33 @@ async def test_move_to_opens_the_session_on_the_new_worker():
         rig.from_bot(SessionConnect(PC_ID))
         await second.wait_for(PeerStateChange, lambda m: m.state == "connected")
         assert rig.worker.messages(SessionOpen) == []
+
+
+async def test_an_offer_with_more_media_sections_than_taken_is_refused_before_aiortc_sees_it():
+    async with PeerRig(max_media_sections=3) as rig:
+        with pytest.raises(SignalingError, match="the offer has 4 media sections, more than the 3 taken"):
+            await rig.client.negotiate(rig.actor)
+        assert rig.made == []
+
+
+async def test_the_offers_candidates_count_toward_the_peer_total_and_repeats_are_free():
+    async with PeerRig(max_candidates_per_peer=6) as rig:
+        await rig.connect()
+        offered = [
+            candidate_from_sdp(line.removeprefix("a=candidate:"))
+            for line in rig.client.pc.localDescription.sdp.splitlines()
+            if line.startswith("a=candidate:")
+        ]
+        for candidate in offered:
+            candidate.sdpMid, candidate.sdpMLineIndex = "0", 0
+        distinct = len({line for line in rig.client.pc.localDescription.sdp.splitlines() if line.startswith("a=candidate:")})
+        assert 0 < distinct < 6
+        await rig.actor.add_candidates([*offered, *offered, None, None])
+        fresh = [candidate_from_sdp(f"1 1 udp 2130706431 127.0.0.1 {port} typ host") for port in range(1, 8)]
+        for candidate in fresh:
+            candidate.sdpMid, candidate.sdpMLineIndex = "0", 0
+        await rig.actor.add_candidates(fresh[: 6 - distinct])
+        with pytest.raises(SignalingError, match="more than 6 ICE candidates for one peer connection"):
+            await rig.actor.add_candidates(fresh[6 - distinct :])
+        await rig.actor.add_candidates(offered)
+        assert not rig.actor.ended

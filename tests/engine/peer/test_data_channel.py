@@ -1,7 +1,11 @@
 """The peer's "chat" data channel: keepalives, signalling, app messages held either way until their reader is there."""
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
+
+from loguru import logger
 
 from engine.common.protocol import (
     AppMessageIn,
@@ -101,3 +105,74 @@ async def test_a_renegotiation_is_asked_for_once_while_one_is_under_way():
         rig.from_bot(AppMessageOut(PC_ID, marker))
         await rig.client.wait_for(lambda received: marker in received)
         assert rig.client.signalling() == [{"type": "renegotiate"}]
+
+
+@contextlib.contextmanager
+def warnings_logged() -> Iterator[list]:
+    """The log records of WARNING and above while inside."""
+    records: list = []
+    sink = logger.add(lambda message: records.append(message.record), level="WARNING")
+    try:
+        yield records
+    finally:
+        logger.remove(sink)
+
+
+async def test_oversized_binary_deep_and_malformed_messages_are_ignored_with_one_line_each():
+    with warnings_logged() as records:
+        async with PeerRig(max_data_channel_message_bytes=1024) as rig:
+            await rig.connect()
+            rig.client.channel.send(b"\x00binary")
+            rig.client.channel.send(json.dumps({"big": "x" * 2000}))
+            rig.client.channel.send("[" * 1000)  # too deep for Python's json itself
+            nested: object = 1
+            for _ in range(40):
+                nested = [nested]
+            rig.client.channel.send(json.dumps(nested))
+            for malformed in (track_status(True, True), track_status(1.0, True), track_status("1", True)):
+                rig.client.send_signalling(malformed)
+            rig.client.send_signalling(track_status(2, True))
+            await rig.worker.wait_for(TrackStatusChange)
+            assert rig.worker.messages(TrackStatusChange) == [TrackStatusChange(PC_ID, 2, True)]
+    ignored = [r["message"] for r in records if "ignoring" in r["message"]]
+    assert len(ignored) == 7, ignored
+    assert all(r["exception"] is None for r in records)
+    assert "binary" in ignored[0] and "over 1024 bytes" in ignored[1]
+    assert "too deep to parse" in ignored[2] and "deeper than 32" in ignored[3]
+
+
+async def test_a_flood_of_messages_from_the_peer_is_dropped_and_counted():
+    with warnings_logged() as records:
+        async with PeerRig(max_data_channel_messages_per_s=5) as rig:
+            await rig.connect()
+            rig.from_bot(SessionConnect(PC_ID))
+            await rig.worker.wait_for(PeerStateChange, lambda m: m.state == "connected")
+            for n in range(100):
+                rig.client.channel.send(json.dumps({"n": n}))
+            # Once the bucket has refilled, a message goes through again.
+            await asyncio.sleep(1.0)
+            rig.client.channel.send(json.dumps({"after": True}))
+            await rig.worker.wait_for(AppMessageIn, lambda m: "after" in m.json)
+            passed = len(rig.worker.messages(AppMessageIn)) - 1
+    assert 5 <= passed < 100
+    [warning] = [r["message"] for r in records if "dropped over 5 a second" in r["message"]]
+    assert "peer pc-test: 1 messages" in warning
+
+
+async def test_messages_for_a_peer_whose_send_buffer_is_full_are_dropped():
+    big = "x" * 10_000
+    with warnings_logged() as records:
+        async with PeerRig(max_data_channel_buffered_bytes=65536) as rig:
+            await rig.connect()
+            # One mailbox pass sends them all: aiortc has not flushed any before the buffer is full.
+            for _ in range(100):
+                rig.from_bot(AppMessageOut(PC_ID, big))
+            for n in range(100):
+                marker = json.dumps({"marker": n})
+                rig.from_bot(AppMessageOut(PC_ID, marker))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.2):
+                        await rig.client.wait_for(lambda received: marker in received)
+                    break
+            assert 65536 // len(big) <= rig.client.received.count(big) < 100
+    assert any("while its send buffer held 65536 bytes" in r["message"] for r in records)
