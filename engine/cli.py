@@ -88,7 +88,7 @@ async def serve_engines(settings: HostSettings, config_file: str | None = None) 
     pool = EnginePool(settings, config_file, client)
     server = _Server(
         uvicorn.Config(
-            create_front_app(pool, client), host=settings.host, port=settings.port,
+            create_front_app(pool, client, settings), host=settings.host, port=settings.port,
             log_level=settings.log_level.lower(), loop="none", lifespan="off",
         )
     )

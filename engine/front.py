@@ -69,16 +69,14 @@ def _merged_metrics(texts: dict[str, str]) -> bytes:
     return generate_latest(registry)
 
 
-def create_front_app(pool: EnginePool, client: httpx.AsyncClient, settings: HostSettings | None = None) -> FastAPI:
+def create_front_app(pool: EnginePool, client: httpx.AsyncClient, settings: HostSettings) -> FastAPI:
     """The HTTP API of a host with several engines: every route of one engine, handed to the engine that owns it.
 
     Args:
         pool: The engines.
         client: The HTTP client requests are forwarded with.
-        settings: Host settings (the body size limit, how long a /start session is routed); by default, the
-            configuration file and environment the engines read.
+        settings: Host settings (the body size limit, how long a /start session is routed).
     """
-    settings = settings or HostSettings()
     app = FastAPI(title="smallwebrtc-host")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes)
     # Session id -> its engine and when the entry expires, in order of expiry. An

@@ -19,7 +19,7 @@ from tests.support.engines import (
 @contextlib.asynccontextmanager
 async def front_of(pool: EnginePool, client: httpx.AsyncClient):
     """An HTTP client of the front app over ``pool``."""
-    transport = httpx.ASGITransport(app=create_front_app(pool, client))
+    transport = httpx.ASGITransport(app=create_front_app(pool, client, HostSettings()))
     async with httpx.AsyncClient(transport=transport, base_url="http://front", timeout=30) as front:
         yield front
 
