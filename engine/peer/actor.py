@@ -191,7 +191,7 @@ class PeerActor:
     def move_to(self, worker: WorkerHandle) -> None:
         """Ask the actor to run its bot on another worker (its own was lost); the peer stays connected."""
         if not self._ended:
-            self.mailbox.put(_MoveTo(worker))
+            self.mailbox.put_always(_MoveTo(worker))
 
     def close(self, reason: str, outcome: SessionOutcome, tell_worker: bool = True) -> None:
         """Ask the actor to end the session.
@@ -202,7 +202,7 @@ class PeerActor:
             tell_worker: Whether the worker still needs to hear of it.
         """
         if not self._ended:
-            self.mailbox.put(Close(reason, outcome, tell_worker))
+            self.mailbox.put_always(Close(reason, outcome, tell_worker))
 
     @property
     def ended(self) -> bool:
@@ -227,9 +227,14 @@ class PeerActor:
                 try:
                     await self._handle(item)
                 except Exception as e:
-                    self.log.exception(f"peer {self.pc_id}: error handling {type(item).__name__}: {e}")
+                    refused = isinstance(e, SignalingError)
+                    if refused:
+                        # A request refused for what it asked: its client hears why, and a log line is enough.
+                        self.log.warning(f"peer {self.pc_id}: refused {type(item).__name__}: {e}")
+                    else:
+                        self.log.exception(f"peer {self.pc_id}: error handling {type(item).__name__}: {e}")
                     if isinstance(item, (Offer, Candidates)) and not item.reply.done():
-                        item.reply.set_exception(SignalingError(str(e)))
+                        item.reply.set_exception(e if refused else SignalingError(str(e)))
         finally:
             ticker.cancel()
             await self._end("actor stopped", SessionOutcome.HOST_STOPPED, tell_worker=True, notify_peer=True)

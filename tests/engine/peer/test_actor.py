@@ -4,14 +4,16 @@ import pytest
 from aiortc import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 
+from engine.common.mailbox import MailboxOverflow
 from engine.common.protocol import (
     PeerStateChange,
     SessionClose,
     SessionConnect,
     SessionOpen,
 )
+from engine.common.settings import HostSettings
 from engine.metrics import SessionOutcome
-from engine.peer import SignalingError
+from engine.peer import PeerActor, SignalingError
 from tests.support.link import until
 from tests.support.peers import PC_ID, PeerRig, TestWorker
 
@@ -150,3 +152,19 @@ async def test_the_offers_candidates_count_toward_the_peer_total_and_repeats_are
             await rig.actor.add_candidates(fresh[6 - distinct :])
         await rig.actor.add_candidates(offered)
         assert not rig.actor.ended
+
+
+async def test_close_and_move_get_through_a_mailbox_that_is_full():
+    async with TestWorker("worker-1") as first, TestWorker("worker-2") as second:
+        rig = PeerRig()
+        actor = PeerActor(SessionOpen(PC_ID, "runner-1"), HostSettings(), first.handle, rig.metrics, lambda _: None)
+        # A reader this far behind is stuck; what ends or moves its session must still reach it.
+        with pytest.raises(MailboxOverflow):
+            while True:
+                actor.mailbox.put("work")
+        actor.move_to(second.handle)
+        actor.close("test", SessionOutcome.HOST_STOPPED)
+        queued = []
+        while (item := actor.mailbox.get_nowait()) is not None:
+            queued.append(type(item).__name__)
+        assert queued[-2:] == ["_MoveTo", "Close"]
