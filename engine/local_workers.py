@@ -1,6 +1,7 @@
 """The worker processes ``serve`` runs on this machine: started, restarted when they die, stopped."""
 
 import asyncio
+import os
 import sys
 import time
 
@@ -46,6 +47,9 @@ class LocalWorkers:
             "--worker-id", slot.name,
             "--bot", self._settings.bot,
             "--log-level", self._settings.log_level,
+            # Its sessions' peers die with the engine: so does it, at once, rather than
+            # waiting to find the engine silent.
+            "--parent-pid", str(os.getpid()),
             *config,
             # Its own session: a terminal's Ctrl-C reaches the engine, which stops workers in order.
             start_new_session=True,

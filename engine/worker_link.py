@@ -7,11 +7,13 @@ session message a worker sends, and each worker it declares lost.
 """
 
 import asyncio
+import getpass
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import zmq
@@ -33,6 +35,25 @@ from engine.common.protocol import (
 )
 from engine.common.settings import HostSettings
 from engine.registry import WorkerHandle, WorkerRegistry
+
+# The private directory of an engine's ipc socket: <tmp>/smallwebrtc-host-<engine pid>-<random>.
+RUNTIME_DIR_PREFIX = "smallwebrtc-host-"
+
+
+def remove_stale_runtime_dirs() -> None:
+    """Remove the runtime directories of engines that died without removing theirs (kill -9, a crash)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{RUNTIME_DIR_PREFIX}*-*"):
+        pid = path.name.removeprefix(RUNTIME_DIR_PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir() or path.owner() != getpass.getuser():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            logger.info(f"removing {path}: the engine that made it (pid {pid}) is gone")
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
+
 
 OnSessionMessage = Callable[[WorkerHandle, SessionMessage, list], None]
 OnWorkerLost = Callable[[WorkerHandle, str], None]
@@ -83,7 +104,8 @@ class WorkerLink:
             ValueError: If ``curve_authorized_keys_dir`` is not a directory.
         """
         if not self.endpoint:
-            self._runtime_dir = tempfile.mkdtemp(prefix="smallwebrtc-host-")
+            remove_stale_runtime_dirs()
+            self._runtime_dir = tempfile.mkdtemp(prefix=f"{RUNTIME_DIR_PREFIX}{os.getpid()}-")
             self.endpoint = f"ipc://{self._runtime_dir}/engine.sock"
         if self.settings.curve_secret_key_file:
             self._start_authenticator()

@@ -3,7 +3,9 @@
 import asyncio
 import contextlib
 import os
+import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -15,7 +17,7 @@ from engine.common.protocol import (
     WorkerHeartbeat,
     WorkerStop,
 )
-from engine.worker_link import WorkerLink
+from engine.worker_link import RUNTIME_DIR_PREFIX, WorkerLink, remove_stale_runtime_dirs
 from tests.support.engines import engine_settings, stand_in_workers
 from tests.support.link import private_endpoint, until
 
@@ -85,11 +87,20 @@ async def test_session_messages_of_a_registered_worker_reach_the_owner_with_thei
 async def test_a_silent_worker_is_lost():
     async with running_link(heartbeat_interval_s=0.1, worker_dead_after_s=0.5) as (link, owner):
         async with stand_in_workers(link.endpoint, "w1") as (worker,):
+            # Connected, but it says nothing.
             await worker.register()
-        await until(lambda: owner.lost)
+            await until(lambda: owner.lost)
         [(worker_id, reason)] = owner.lost
         assert worker_id == "w1" and reason.startswith("no heartbeat for")
         assert link.registry.get("w1") is None
+
+
+async def test_a_worker_that_disconnected_is_lost_at_the_next_message_to_it():
+    async with running_link(heartbeat_interval_s=0.1, worker_dead_after_s=30) as (link, owner):
+        async with stand_in_workers(link.endpoint, "w1") as (worker,):
+            await worker.register()
+        await until(lambda: owner.lost)
+        assert owner.lost == [("w1", "not connected: a message to it could not be delivered")]
 
 
 async def test_a_worker_that_keeps_beating_stays():
@@ -154,3 +165,15 @@ async def test_curve_needs_a_directory_of_authorized_keys(tmp_path):
     with pytest.raises(ValueError, match="curve_authorized_keys_dir"):
         link.start()
     await link.stop()
+
+
+def test_runtime_directories_of_dead_engines_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{RUNTIME_DIR_PREFIX}{dead.stdout.strip()}-abc"
+    live = tmp_path / f"{RUNTIME_DIR_PREFIX}{os.getpid()}-def"
+    unrelated = tmp_path / f"{RUNTIME_DIR_PREFIX}notapid-ghi"
+    for directory in (stale, live, unrelated):
+        directory.mkdir()
+    remove_stale_runtime_dirs()
+    assert (stale.exists(), live.exists(), unrelated.exists()) == (False, True, True)

@@ -4,11 +4,13 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import aiohttp
 
 from tests.support.client import TestPeer
-from tests.support.host import REPO, HostProcess
+from tests.support.host import REPO, HostProcess, process_alive
 
 
 async def offer_status(url: str, sdp: str) -> int:
@@ -89,3 +91,24 @@ async def test_a_worker_drains_on_sigterm():
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
+
+
+def test_an_engine_killed_takes_its_workers_and_the_next_start_removes_its_socket_directory():
+    with HostProcess(2) as host:
+        worker_pids = list(host.worker_pids().values())
+        endpoint = next(
+            line.split("listening for workers on ")[1].strip()
+            for line in host.log().splitlines()
+            if "listening for workers on" in line
+        )
+        host.process.send_signal(signal.SIGKILL)
+        host.process.wait()
+        # Before, they stayed until they found the engine silent (10 s); now the kernel ends them with it.
+        deadline = time.monotonic() + 5
+        while any(process_alive(pid) for pid in worker_pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in worker_pids if process_alive(pid)]
+    runtime_dir = Path(endpoint.removeprefix("ipc://")).parent
+    assert runtime_dir.is_dir()  # nothing could remove it: the engine died at once
+    with HostProcess(1):
+        assert not runtime_dir.exists()

@@ -62,6 +62,13 @@ def test_an_invalid_setting_exits_non_zero_naming_it(tmp_path):
     assert "invalid configuration" in done.stderr and "worker_capacity" in done.stderr
 
 
+def test_a_worker_whose_engine_is_already_gone_exits(tmp_path):
+    # Its parent is this test, not the pid it was told: as if its engine had died before it started.
+    done = run(*worker_command("--engine", ipc_endpoint(tmp_path), "--parent-pid", "1"))
+    assert done.returncode != 0
+    assert "(pid 1) is gone" in done.stderr
+
+
 def test_a_missing_config_file_exits_non_zero_naming_it(tmp_path):
     missing = tmp_path / "nowhere.toml"
     done = run(*worker_command("--engine", ipc_endpoint(tmp_path), "--config", str(missing)))
