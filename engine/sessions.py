@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import signal
 import socket
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 from loguru import logger
 
 from engine.aiortc_seam import set_sctp_max_chunk_size
+from engine.common.diagnostics import live_objects
 from engine.common.protocol import SessionMessage, SessionOpen
 from engine.common.settings import ConnectionMode, HostSettings
 from engine.ice import announce_address, restrict_host_addresses
@@ -18,6 +20,12 @@ from engine.metrics import HostMetrics, SessionOutcome
 from engine.peer import PeerActor, SignalingError
 from engine.registry import WorkerHandle, WorkerRegistry
 from engine.worker_link import WorkerLink
+
+# The objects a session is made of in the engine, counted on SIGUSR1 to see whether ended sessions are freed.
+SESSION_OBJECT_TYPES = (
+    "PeerActor", "PeerMedia", "RTCPeerConnection", "RTCRtpReceiver", "RTCRtpSender",
+    "RTCDtlsTransport", "RTCSctpTransport", "EncodedAudioTrack", "EncodedVideoTrack",
+)
 
 
 class OfferRejected(Exception):
@@ -79,6 +87,11 @@ class Engine:
         restrict_host_addresses(self.settings.ice_host_addresses)
         set_sctp_max_chunk_size(self.settings.sctp_max_chunk_size)
         self._link.start()
+        # Operators (and tests/bench/soak.py) send SIGUSR1 to see what a long-running engine still holds.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._report_live_objects)
+
+    def _report_live_objects(self) -> None:
+        self.log.info(f"live objects in engine {os.getpid()}: peers={len(self.peers)} {live_objects(SESSION_OBJECT_TYPES)}")
 
     def watch_local_worker(self, worker_id: str, process: asyncio.subprocess.Process) -> None:
         """Declare a worker dead as soon as its local process exits, not only when its heartbeats stop."""
@@ -92,6 +105,7 @@ class Engine:
         while self.peers and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await self._link.stop()
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
         if self._drain_task is not None:
             self._drain_task.cancel()
 

@@ -89,9 +89,12 @@ class AudioOutput:
         self._outbox.send(AudioOutClear(self._pc_id))
 
     def close(self) -> None:
-        """Stop waiting for acknowledgements: the session is over."""
+        """Stop waiting for acknowledgements and encoding: the session is over."""
         self._closed = True
         self._acked_event.set()
+        # Audio written from now on is dropped (write() needs a framer); the encoder is freed at once.
+        self._framer = None
+        self._encoder = None
 
 
 class VideoOutput:
@@ -138,7 +141,8 @@ class VideoOutput:
         self._keyframe_wanted = True
 
     def close(self) -> None:
-        """Stop encoding."""
+        """Stop encoding, and release the image waiting for the encoder."""
+        self._pending = None
         if self._task is not None:
             self._task.cancel()
 

@@ -124,6 +124,16 @@ class SmallWebRTCConnection(BaseObject):
             self._closed = True
             self._outbox.send(SessionClose(self._pc_id, reason))
 
+    def release(self) -> None:
+        """Forget the event handlers once the session is over.
+
+        They are the bot's closures (``SmallWebRTCClient``'s hold the client,
+        which holds this connection): without this the connection, its tracks
+        and their codecs would wait for a garbage collection to be freed.
+        """
+        for handler in self._event_handlers.values():
+            handler.handlers.clear()
+
     def deliver_media(self, message: AudioIn | VideoIn, payload: list) -> None:
         """Route a frame from the engine to its input track."""
         source = message.source if isinstance(message, VideoIn) else MediaSource.MICROPHONE

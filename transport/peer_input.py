@@ -39,6 +39,7 @@ class InputTrack:
         self._decoding: asyncio.Task | None = None
         self._undecodable_warned = False
         self._enabled = True
+        self._closed = False
 
     @property
     def dropped(self) -> int:
@@ -46,7 +47,9 @@ class InputTrack:
         return self._decoded.dropped_total + self._encoded.dropped_total + self._gate.dropped_frames
 
     def deliver(self, message: AudioIn | VideoIn, payload: list) -> None:
-        """Take an encoded frame from the engine, dropping by the track's policy."""
+        """Take an encoded frame from the engine, dropping by the track's policy (all of them once closed)."""
+        if self._closed:
+            return
         data = payload[0].bytes
         if self.kind is MediaKind.AUDIO:
             for frame in self._decode(message.mime_type, data, message.pts) or ():
@@ -58,8 +61,11 @@ class InputTrack:
 
     def _decode(self, mime_type: str, data: bytes, pts: int) -> list | None:
         """The decoded frames, or None (logged once) if the frame does not decode."""
+        decoder = self._decoder
+        if decoder is None:
+            return []  # closed while this frame waited for a decoder thread
         try:
-            return self._decoder.decode(mime_type, data, pts)
+            return decoder.decode(mime_type, data, pts)
         except (ValueError, av.FFmpegError) as e:
             if not self._undecodable_warned:
                 self._undecodable_warned = True
@@ -95,6 +101,16 @@ class InputTrack:
             pass
 
     def close(self) -> None:
-        """Stop decoding."""
+        """Stop decoding, and release the decoder and the frames waiting.
+
+        A bot's pipeline may keep the track until a garbage collection; this
+        frees the codec contexts, their threads and the pictures at once.
+        """
+        self._closed = True
         if self._decoding is not None:
             self._decoding.cancel()
+        self._decoder = None
+        while self._encoded.get_nowait() is not None:
+            pass
+        while self._decoded.get_nowait() is not None:
+            pass

@@ -83,7 +83,7 @@ class Session:
 
     def close(self, reason: str) -> None:
         """End the session from the worker's side (the worker is stopping)."""
-        self.mailbox.put(SessionClose(self.session_id, reason))
+        self.mailbox.put_always(SessionClose(self.session_id, reason))
 
     async def run(self) -> None:
         """Run the bot and serve the session's messages until both are done."""
@@ -115,6 +115,7 @@ class Session:
                 bot_task.cancel()
             await asyncio.gather(bot_task, control_task, return_exceptions=True)
             self.connection.end(reason)
+            self.connection.release()
             self._outbox.forget_session(self.session_id)
             self.log.info(f"session {self.session_id} ended on worker {self._worker_id}")
 

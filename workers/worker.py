@@ -13,6 +13,7 @@ import zmq
 import zmq.asyncio
 from loguru import logger
 
+from engine.common.diagnostics import live_objects
 from engine.common.link import Outbox, connect_dealer
 from engine.common.protocol import (
     EngineHeartbeat,
@@ -34,6 +35,11 @@ FINAL_FLUSH_S = 0.3
 # 99th percentile of the last LAG_SAMPLES samples (5 s).
 LAG_SAMPLE_S = 0.05
 LAG_SAMPLES = 100
+# The objects a session is made of, counted on SIGUSR1 to see whether ended sessions are released.
+SESSION_OBJECT_TYPES = (
+    "Session", "SmallWebRTCConnection", "InputTrack", "AudioOutput", "VideoOutput",
+    "SmallWebRTCTransport", "PipelineWorker", "PipelineTask", "Pipeline",
+)
 
 
 def load_bot(spec: str) -> Bot:
@@ -92,6 +98,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
+        loop.add_signal_handler(signal.SIGUSR1, self._report_live_objects)
         pump = asyncio.create_task(self.outbox.pump(lambda parts: dealer.send_multipart(parts, copy=False)))
         receive = asyncio.create_task(self._receive(dealer))
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -122,6 +129,10 @@ class Worker:
             self._draining = True
             self.log.warning(f"worker {self.worker_id} draining: {len(self.sessions)} sessions left")
             self.outbox.send(self._heartbeat_message())
+
+    def _report_live_objects(self) -> None:
+        # Operators (and tests/bench/soak.py) send SIGUSR1 to see what a long-running worker still holds.
+        self.log.info(f"live objects in worker {os.getpid()}: {live_objects(SESSION_OBJECT_TYPES)}")
 
     def _heartbeat_message(self) -> WorkerHeartbeat:
         dropped = self._frames_dropped_ended + sum(s.connection.frames_dropped for s in self.sessions.values())

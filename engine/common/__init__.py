@@ -5,5 +5,6 @@
 - ``mailbox``: the bounded mailbox every actor reads, with its drop policies.
 - ``keyframes``: the rule for encoded video that crosses a bounded queue.
 - ``pacing``: audio handed to an aiortc sender at wall-clock pace.
+- ``diagnostics``: what a long-running process still holds, counted when its operator asks.
 - ``settings``: the host's configuration, read by both processes.
 """

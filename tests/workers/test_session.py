@@ -5,6 +5,8 @@ sends the engine from a real ``Outbox``.
 """
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 import zmq
@@ -24,6 +26,7 @@ from engine.common.protocol import (
     VideoOut,
 )
 from tests.support.link import sent_messages, until
+from tests.support.media import encoded_audio, encoded_video
 from tests.support.workers import greeter
 from transport.connection import SmallWebRTCConnection
 from transport.media.codecs import OpusEncoder
@@ -208,3 +211,51 @@ async def test_each_peer_state_fires_its_event(state):
     await asyncio.wait_for(ready.wait(), 5)
     session.deliver(PeerStateChange("pc-1", state), [])
     await asyncio.wait_for(running, 5)
+
+
+class _Client:
+    """Holds the connection as ``SmallWebRTCClient`` does, while its event handlers hold it."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.closed = asyncio.Event()
+
+
+def _live(*type_names: str) -> int:
+    return sum(type(obj).__name__ in type_names for obj in gc.get_objects())
+
+
+async def test_an_ended_session_is_freed_without_waiting_for_a_garbage_collection():
+    # A worker left running would otherwise hold each ended session's connection,
+    # decoders and pictures until a full collection, which a large heap makes rare.
+    got_media = asyncio.Event()
+
+    async def client_bot(runner_args):
+        client = _Client(runner_args.webrtc_connection)
+
+        @client.connection.event_handler("closed")
+        async def on_closed(connection):
+            client.closed.set()
+
+        await client.connection.video_input_track().recv()
+        await client.connection.audio_input_track().recv()
+        got_media.set()
+        await client.closed.wait()
+
+    gc.collect()
+    decoders_before = _live("MediaDecoder", "Vp8Decoder", "OpusDecoder")
+    gc.disable()
+    try:
+        session, _, running = start(client_bot)
+        for message, payload in encoded_video(3, {1}) + encoded_audio(bytes(1920 * 3)):
+            session.deliver(message, payload)
+        await asyncio.wait_for(got_media.wait(), 5)
+        session.deliver(SessionClose("pc-1", "peer left"), [])
+        await asyncio.wait_for(running, 5)
+        await asyncio.sleep(0.1)  # the cancelled decoding task finishes
+        connection = weakref.ref(session.connection)
+        del session, running
+        assert connection() is None
+        assert _live("MediaDecoder", "Vp8Decoder", "OpusDecoder") == decoders_before
+    finally:
+        gc.enable()
