@@ -89,6 +89,8 @@ class EnginePool:
         self._config_file = config_file
         self._client = client
         self._env = {**os.environ, **settings_environment(settings)}
+        # What the engines show only to the operator: which of them runs, and its workers.
+        self._admin_headers = {"Authorization": f"Bearer {settings.admin_token}"} if settings.admin_token else {}
         self._turn = 0
         self._watch_task: asyncio.Task | None = None
         self.on_all_ended: Callable[[], None] = lambda: None
@@ -117,7 +119,7 @@ class EnginePool:
         deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
         while time.monotonic() < deadline and process.returncode is None:
             try:
-                status = (await self._client.get(f"{shard.url}/workers")).json()
+                status = (await self._client.get(f"{shard.url}/workers", headers=self._admin_headers)).json()
                 if len(status["workers"]) >= shard.workers:
                     shard.engine_id = status["engine_id"]
                     logger.info(f"{shard.slot.name} is engine {shard.engine_id} on port {shard.port}")

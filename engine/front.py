@@ -27,7 +27,13 @@ from prometheus_client.registry import CollectorRegistry
 
 from engine.common.settings import HostSettings
 from engine.engine_pool import EnginePool, Shard
-from engine.signaling import MAX_START_SESSIONS, START_FULL_RETRY_S, BodyLimit, client_address
+from engine.signaling import (
+    MAX_START_SESSIONS,
+    START_FULL_RETRY_S,
+    BodyLimit,
+    client_address,
+    schema_routes,
+)
 
 # A signaling request waits this long for its engine (an offer waits for ICE gathering).
 FORWARD_TIMEOUT_S = 120.0
@@ -77,7 +83,7 @@ def create_front_app(pool: EnginePool, client: httpx.AsyncClient, settings: Host
         client: The HTTP client requests are forwarded with.
         settings: Host settings (the body size limit, how long a /start session is routed).
     """
-    app = FastAPI(title="smallwebrtc-host")
+    app = FastAPI(title="smallwebrtc-host", **schema_routes(settings))
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes)
     # Session id -> its engine and when the entry expires, in order of expiry. An
     # expired one is no loss: its engine forgot it unused, or its peer's
@@ -153,15 +159,26 @@ def create_front_app(pool: EnginePool, client: httpx.AsyncClient, settings: Host
         shard = pool.owner(_pc_id_of(body)) or started_shard(session_id) or next(iter(pool.live()), None)
         return await forward(shard, request, body) if shard else no_engine()
 
-    async def from_every_engine(path: str) -> dict[str, httpx.Response]:
+    async def from_every_engine(path: str, request: Request | None = None) -> dict[str, httpx.Response]:
         live = pool.live()
-        replies = await asyncio.gather(*(client.get(shard.url + path) for shard in live), return_exceptions=True)
+        # The operator-only routes: each engine checks the caller's admin token.
+        headers = {"Authorization": request.headers["Authorization"]} if request and "Authorization" in request.headers else {}
+        replies = await asyncio.gather(
+            *(client.get(shard.url + path, headers=headers) for shard in live), return_exceptions=True
+        )
         return {s.engine_id: r for s, r in zip(live, replies) if isinstance(r, httpx.Response)}
 
+    def refused(replies: dict[str, httpx.Response]) -> Response | None:
+        """An engine's refusal of the caller (its token), passed on as it is."""
+        reply = next((r for r in replies.values() if r.status_code == 401), None)
+        return Response(reply.content, 401, headers={"WWW-Authenticate": "Bearer"}, media_type="application/json") if reply else None
+
     @app.get("/workers")
-    async def workers():
+    async def workers(request: Request):
         """Every engine's live workers."""
-        replies = await from_every_engine("/workers")
+        replies = await from_every_engine("/workers", request)
+        if (refusal := refused(replies)) is not None:
+            return refusal
         return {
             "engines": list(replies),
             "workers": [
@@ -186,9 +203,11 @@ def create_front_app(pool: EnginePool, client: httpx.AsyncClient, settings: Host
         return {"status": "ok", "engines": len(pool.live())}
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics(request: Request):
         """Every engine's Prometheus metrics, labelled with its ``engine``."""
-        replies = await from_every_engine("/metrics")
+        replies = await from_every_engine("/metrics", request)
+        if (refusal := refused(replies)) is not None:
+            return refusal
         merged = _merged_metrics({engine_id: reply.text for engine_id, reply in replies.items()})
         return Response(merged, media_type=CONTENT_TYPE_LATEST)
 

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from engine.common.settings import HostSettings
 from engine.sessions import Engine, OfferRejected
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -242,6 +243,11 @@ def _rejection(engine: Engine, e: OfferRejected) -> JSONResponse:
     return JSONResponse({"detail": e.detail}, status_code=e.status, headers=headers)
 
 
+def schema_routes(settings: HostSettings) -> dict:
+    """FastAPI's /docs, /redoc and /openapi.json: for development only, off once an admin token is set."""
+    return {"docs_url": None, "redoc_url": None, "openapi_url": None} if settings.admin_token else {}
+
+
 def bearer_check(token: str, what: str):
     """A FastAPI dependency that requires ``Authorization: Bearer <token>`` (nothing when token is empty)."""
 
@@ -283,7 +289,7 @@ def create_app(engine: Engine) -> FastAPI:
         engine: The engine that owns the peers and workers.
     """
     settings = engine.settings
-    app = FastAPI(title="smallwebrtc-host")
+    app = FastAPI(title="smallwebrtc-host", **schema_routes(settings))
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes)
     start_sessions = StartSessions(
         settings.start_session_ttl_s, lambda pc_id: pc_id in engine.peers and not engine.peers[pc_id].ended
@@ -377,7 +383,12 @@ def create_app(engine: Engine) -> FastAPI:
             return JSONResponse({"ready": False, "reason": reason}, status_code=503)
         return {"ready": True}
 
-    @app.get("/metrics")
+    # A session's pc_id is its secret: it is all a client shows to renegotiate, restart or
+    # trickle to it (Pipecat's clients send nothing else), and binding it to the peer's DTLS
+    # identity would refuse restart_pc, whose new connection has a new certificate. So only
+    # the client (in its answer) and the operator (with the admin token) ever see one, and
+    # the workers' pids and hostnames go only to the operator too.
+    @app.get("/metrics", dependencies=[admin_auth])
     async def metrics():
         """Prometheus metrics."""
         return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -390,7 +401,7 @@ def create_app(engine: Engine) -> FastAPI:
         engine.drain("POST /admin/drain")
         return {"draining": True, "sessions": engine.live_peer_count()}
 
-    @app.get("/workers")
+    @app.get("/workers", dependencies=[admin_auth])
     async def workers():
         """The live workers, the sessions the engine placed on each, and what each last reported."""
         return {"engine_id": engine.engine_id, "workers": [w.describe() for w in engine.registry]}

@@ -256,3 +256,16 @@ async def test_a_pc_id_cannot_forge_a_log_line():
         logger.remove(sink)
     logged = [line for line in lines if "x\\nERROR forged line" in line]
     assert len(logged) == 2 and all(line.count("\n") == 1 for line in logged)
+
+
+async def test_with_an_admin_token_only_the_operator_sees_sessions_workers_and_the_schema():
+    async with api(admin_token="admin-secret") as (engine, client), stand_in_workers(engine.endpoint, "w1") as (worker,):
+        await worker.register()
+        for path in ("/workers", "/metrics"):
+            assert (await client.get(path)).status_code == 401
+            assert (await client.get(path, headers={"Authorization": "Bearer admin-secret"})).status_code == 200
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert (await client.get(path)).status_code == 404
+    async with api() as (_, client):
+        # Without an admin token (development), all of it is open, as before.
+        assert [(await client.get(path)).status_code for path in ("/workers", "/metrics", "/docs")] == [200, 200, 200]
