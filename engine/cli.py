@@ -36,10 +36,17 @@ class _Server(uvicorn.Server):
 
 
 def _warn_if_open(settings: HostSettings) -> None:
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
+    if settings.host in ("127.0.0.1", "localhost", "::1"):
+        return
+    if not settings.api_token:
         logger.warning(
             f"listening on {settings.host} WITHOUT api_token: anyone who reaches this address can start "
             "bot sessions. Set api_token (or SMALLWEBRTC_HOST_API_TOKEN) outside local development."
+        )
+    if not settings.admin_token:
+        logger.warning(
+            f"listening on {settings.host} WITHOUT admin_token: anyone who reaches this address can read "
+            "every session's pc_id at /workers and take it over. Set admin_token (or SMALLWEBRTC_HOST_ADMIN_TOKEN)."
         )
 
 
