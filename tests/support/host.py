@@ -25,9 +25,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def get_json(url: str, timeout: float = 5.0):
-    """GET a JSON document."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def get_json(url: str, timeout: float = 5.0, token: str = ""):
+    """GET a JSON document (with a bearer token, if given)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
         return json.load(response)
 
 
@@ -80,7 +81,8 @@ class HostProcess:
 
     def workers_status(self) -> list[dict]:
         """``GET /workers``: the live workers."""
-        return get_json(f"{self.base_url}/workers")["workers"]
+        # With an admin token, /workers is the operator's.
+        return get_json(f"{self.base_url}/workers", token=self._env.get("SMALLWEBRTC_HOST_ADMIN_TOKEN", ""))["workers"]
 
     def worker_pids(self) -> dict[str, int]:
         """Worker id to process id."""
