@@ -27,13 +27,13 @@ from prometheus_client.registry import CollectorRegistry
 
 from engine.common.settings import HostSettings
 from engine.engine_pool import EnginePool, Shard
-from engine.signaling import (
+from engine.request_limits import (
     MAX_START_SESSIONS,
     START_FULL_RETRY_S,
     BodyLimit,
     client_address,
-    schema_routes,
 )
+from engine.signaling import schema_routes
 
 # A signaling request waits this long for its engine (an offer waits for ICE gathering).
 FORWARD_TIMEOUT_S = 120.0
