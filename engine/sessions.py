@@ -57,6 +57,8 @@ class Engine:
         self.settings = settings
         self.engine_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.peers: dict[str, PeerActor] = {}
+        # Sessions already moved off a lost worker: a second loss ends them.
+        self._moved: set[str] = set()
         self._peer_tasks: set[asyncio.Task] = set()
         self.metrics = HostMetrics(self)
         self._link = WorkerLink(
@@ -227,6 +229,7 @@ class Engine:
 
     def _peer_ended(self, peer: PeerActor) -> None:
         self.peers.pop(peer.pc_id, None)
+        self._moved.discard(peer.pc_id)
 
     # ---- what the worker link reports ----
 
@@ -243,14 +246,14 @@ class Engine:
             peer = self.peers.get(pc_id)
             if peer is None:
                 continue
-            target = self.registry.place()
+            # A session moves once: if what its peer sends is what crashes workers, a
+            # second move would only take down another worker, and then the next.
+            target = None if pc_id in self._moved else self.registry.place()
             if target is None:
-                peer.close(
-                    f"worker {lost.worker_id} lost ({reason}) and no worker has room",
-                    SessionOutcome.WORKER_LOST,
-                    tell_worker=False,
-                )
+                why = "it was moved once already" if pc_id in self._moved else "no worker has room"
+                peer.close(f"worker {lost.worker_id} lost ({reason}) and {why}", SessionOutcome.WORKER_LOST, tell_worker=False)
             else:
+                self._moved.add(pc_id)
                 target.sessions.add(pc_id)
                 peer.move_to(target)
                 self.metrics.sessions_moved.inc()

@@ -152,6 +152,25 @@ async def test_a_lost_workers_sessions_move_to_a_worker_with_room():
             assert engine.metrics.registry.get_sample_value("smallwebrtc_sessions_moved_total") == 1
 
 
+async def test_a_session_moves_once_and_ends_when_its_second_worker_is_lost_too():
+    settings = {"heartbeat_interval_s": 0.1, "worker_dead_after_s": 1.0}
+    async with running_engine(**settings) as engine, stand_in_workers(engine.endpoint, "first", "second", "third") as workers:
+        first, second, third = workers
+        await first.register()
+        async with client_offer() as pc:
+            pc_id = (await offer(engine, pc))["pc_id"]
+            for worker in (second, third):
+                await worker.register()
+                worker.keep_beating()
+            first.close()
+            moved = await until(lambda: next((w for w in (second, third) if engine.registry.get(w.worker_id).sessions), None))
+            moved.close()
+            await until(lambda: engine.live_peer_count() == 0)
+            assert engine.metrics.registry.get_sample_value("smallwebrtc_sessions_moved_total") == 1
+            left = third if moved is second else second
+            assert engine.registry.get(left.worker_id).sessions == set()
+
+
 async def test_a_lost_workers_sessions_end_when_no_worker_has_room():
     settings = {"heartbeat_interval_s": 0.1, "worker_dead_after_s": 1.0}
     async with running_engine(**settings) as engine, stand_in_workers(engine.endpoint, "lost") as (lost,):
