@@ -53,6 +53,18 @@ class HostMetrics:
             ["kind", "reason"],
             registry=r,
         )
+        self.requests_refused = Counter(
+            "smallwebrtc_requests_refused_total",
+            "HTTP requests refused before they reach a session, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.data_channel_dropped = Counter(
+            "smallwebrtc_data_channel_dropped_total",
+            "Data-channel messages dropped, by reason: from the peer, or for a peer that does not read.",
+            ["reason"],
+            registry=r,
+        )
         self.session_setup = Histogram(
             "smallwebrtc_session_setup_seconds",
             "From a new offer to its answer.",

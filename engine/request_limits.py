@@ -31,10 +31,11 @@ class BodyLimit:
     without one (chunked) is counted as it arrives.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        """Wrap ``app``."""
+    def __init__(self, app: ASGIApp, max_bytes: int, on_refused: Callable[[], None] = lambda: None):
+        """Wrap ``app``; ``on_refused`` is called for each request refused."""
         self.app = app
         self.max_bytes = max_bytes
+        self.on_refused = on_refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,6 +44,7 @@ class BodyLimit:
         detail = f"the request body is over {self.max_bytes} bytes"
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
+            self.on_refused()
             await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
             return
         received = 0
@@ -52,6 +54,7 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
+                self.on_refused()
                 # The route reading the body answers it with 413 (FastAPI
                 # re-raises an HTTPException met while parsing).
                 raise HTTPException(413, detail)

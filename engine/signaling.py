@@ -138,7 +138,10 @@ def create_app(engine: Engine) -> FastAPI:
     """
     settings = engine.settings
     app = FastAPI(title="smallwebrtc-host", **schema_routes(settings))
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes)
+    refused = engine.metrics.requests_refused
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_request_body_bytes, on_refused=refused.labels("body_too_large").inc
+    )
     start_sessions = StartSessions(
         settings.start_session_ttl_s, lambda pc_id: pc_id in engine.peers and not engine.peers[pc_id].ended
     )
@@ -189,12 +192,14 @@ def create_app(engine: Engine) -> FastAPI:
             raise HTTPException(400, f"Transport '{request.transport}' is not served here (only 'webrtc').")
         retry_after = start_rate.retry_after(client_address(http))
         if retry_after:
+            refused.labels("start_rate").inc()
             raise HTTPException(
                 429, f"more than {settings.start_rate_per_minute} /start a minute", {"Retry-After": str(retry_after)}
             )
         session_id = start_sessions.add(request.body if request.body is not None else {})
         if session_id is None:
             logger.warning(f"/start refused: {MAX_START_SESSIONS} sessions registered and not yet expired")
+            refused.labels("start_full").inc()
             raise HTTPException(503, "too many sessions started and not yet used", {"Retry-After": str(START_FULL_RETRY_S)})
         result: dict[str, Any] = {"sessionId": session_id}
         if settings.ice_servers:

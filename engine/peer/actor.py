@@ -138,7 +138,13 @@ class PeerActor:
         self._pc_factory = pc_factory
         self._session = PeerSession(self.pc_id, worker)
         self._media = PeerMedia(self._session, metrics)
-        self._channel = PeerDataChannel(self._session, settings, self.mailbox.put, self._media.set_source_enabled)
+        self._channel = PeerDataChannel(
+            self._session,
+            settings,
+            self.mailbox.put,
+            self._media.set_source_enabled,
+            lambda reason: metrics.data_channel_dropped.labels(reason).inc(),
+        )
         self._reported_state: PeerState = "new"
         self._disconnected_since: float | None = None
         # Set while a closed or failed peer connection may still be restarted.

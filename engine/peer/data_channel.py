@@ -10,6 +10,7 @@ peer wait while the bot is not ready for them.
 import asyncio
 import json
 import time
+from functools import partial
 from collections import deque
 from collections.abc import Callable
 
@@ -58,15 +59,17 @@ def _json_depth_over(value, limit: int) -> bool:
 class _Drops:
     """Messages dropped for one reason: counted, and warned about at most every ``DROP_WARNING_INTERVAL_S``."""
 
-    def __init__(self, session: PeerSession, what: str):
+    def __init__(self, session: PeerSession, what: str, count: Callable[[], None]):
         self._session = session
         self._what = what
+        self._count_metric = count
         self._count = 0
         self._warned_at: float | None = None
 
     def add(self) -> None:
         """Count one drop, and warn with the count if the last warning is old enough."""
         self._count += 1
+        self._count_metric()
         now = time.monotonic()
         if self._warned_at is None or now - self._warned_at >= DROP_WARNING_INTERVAL_S:
             self._warned_at = now
@@ -82,6 +85,7 @@ class PeerDataChannel:
         settings: HostSettings,
         post: Callable[[PcEvent], None],
         on_track_status: Callable[[int, bool], None],
+        count_drop: Callable[[str], None],
     ):
         """Initialize the part; the channel comes with a peer connection (``watch``).
 
@@ -91,11 +95,13 @@ class PeerDataChannel:
             post: Puts an event in the actor's mailbox.
             on_track_status: Called with a receiver index and whether the peer
                 now sends that source (``trackStatus``), before the worker hears of it.
+            count_drop: Called with the reason of every message dropped (for the metrics).
         """
         self._session = session
         self._settings = settings
         self._post = post
         self._on_track_status = on_track_status
+        self._count_drop = count_drop
         self._channel: RTCDataChannel | None = None
         self._last_ping: float | None = None
         self._outgoing: list[str] = []
@@ -109,9 +115,13 @@ class PeerDataChannel:
         self._message_tokens = float(settings.max_data_channel_messages_per_s)
         self._tokens_at = time.monotonic()
         per_s = settings.max_data_channel_messages_per_s
-        self._flood_drops = _Drops(session, f"messages from the peer dropped over {per_s} a second")
+        self._flood_drops = _Drops(
+            session, f"messages from the peer dropped over {per_s} a second", partial(count_drop, "flood")
+        )
         self._unread_drops = _Drops(
-            session, f"messages for the peer dropped while its send buffer held {settings.max_data_channel_buffered_bytes} bytes"
+            session,
+            f"messages for the peer dropped while its send buffer held {settings.max_data_channel_buffered_bytes} bytes",
+            partial(count_drop, "send_buffer_full"),
         )
 
     # ---- the channel's life ----
@@ -195,21 +205,21 @@ class PeerDataChannel:
             self._flood_drops.add()
             return
         if isinstance(message, bytes):
-            self._refuse(f"a binary message ({len(message)} bytes)", message)
+            self._refuse("binary", f"a binary message ({len(message)} bytes)", message)
             return
         if len(message.encode()) > self._settings.max_data_channel_message_bytes:
-            self._refuse(f"a message over {self._settings.max_data_channel_message_bytes} bytes", message)
+            self._refuse("too_large", f"a message over {self._settings.max_data_channel_message_bytes} bytes", message)
             return
         try:
             parsed = json.loads(message)
         except RecursionError:
-            self._refuse("a message nested too deep to parse", message)
+            self._refuse("too_deep", "a message nested too deep to parse", message)
             return
         except ValueError as e:
-            self._refuse(f"a message that is not JSON ({e})", message)
+            self._refuse("not_json", f"a message that is not JSON ({e})", message)
             return
         if _json_depth_over(parsed, MAX_JSON_DEPTH):
-            self._refuse(f"a message nested deeper than {MAX_JSON_DEPTH}", message)
+            self._refuse("too_deep", f"a message nested deeper than {MAX_JSON_DEPTH}", message)
             return
         if isinstance(parsed, dict) and parsed.get("type") == SIGNALLING_TYPE and parsed.get("message"):
             self._receive_signalling(parsed["message"])
@@ -230,7 +240,8 @@ class PeerDataChannel:
         self._message_tokens -= 1
         return True
 
-    def _refuse(self, what: str, message: str | bytes) -> None:
+    def _refuse(self, reason: str, what: str, message: str | bytes) -> None:
+        self._count_drop(reason)
         self._session.log.warning(
             f"peer {self._session.pc_id}: ignoring {what} on the data channel: {message[:LOGGED_CHARS]!r}"
         )

@@ -158,7 +158,7 @@ async def test_a_session_moves_once_and_ends_when_its_second_worker_is_lost_too(
         first, second, third = workers
         await first.register()
         async with client_offer() as pc:
-            pc_id = (await offer(engine, pc))["pc_id"]
+            await offer(engine, pc)
             for worker in (second, third):
                 await worker.register()
                 worker.keep_beating()

@@ -139,7 +139,7 @@ async def test_the_demo_page_is_served():
 
 
 async def test_a_body_over_the_limit_is_413_before_it_is_parsed():
-    async with api(max_request_body_bytes=4096) as (_, client):
+    async with api(max_request_body_bytes=4096) as (engine, client):
         big = b'{"sdp": "' + b"x" * 5000 + b'", "type": "offer"}'
         reply = await client.post("/api/offer", content=big, headers={"content-type": "application/json"})
         assert reply.status_code == 413 and "4096 bytes" in reply.json()["detail"]
@@ -152,6 +152,7 @@ async def test_a_body_over_the_limit_is_413_before_it_is_parsed():
         reply = await client.post("/api/offer", content=chunked(), headers={"content-type": "application/json"})
         assert "content-length" not in reply.request.headers
         assert reply.status_code == 413
+        assert engine.metrics.registry.get_sample_value("smallwebrtc_requests_refused_total", {"reason": "body_too_large"}) == 2
         assert (await client.post("/start", json={"transport": "webrtc"})).status_code == 200
 
 
@@ -202,12 +203,13 @@ async def test_candidates_past_a_limit_are_400_and_repeats_and_the_end_marker_ar
 
 
 async def test_start_is_rate_limited_per_client_address():
-    async with api(start_rate_per_minute=2) as (_, client):
+    async with api(start_rate_per_minute=2) as (engine, client):
         one, other = {"X-Forwarded-For": "203.0.113.1"}, {"X-Forwarded-For": "203.0.113.2"}
         for _ in range(2):
             assert (await client.post("/start", json={}, headers=one)).status_code == 200
         reply = await client.post("/start", json={}, headers=one)
         assert reply.status_code == 429 and int(reply.headers["Retry-After"]) >= 1
+        assert engine.metrics.registry.get_sample_value("smallwebrtc_requests_refused_total", {"reason": "start_rate"}) == 1
         assert (await client.post("/start", json={}, headers=other)).status_code == 200
 
 

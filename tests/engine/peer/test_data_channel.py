@@ -134,6 +134,11 @@ async def test_oversized_binary_deep_and_malformed_messages_are_ignored_with_one
             rig.client.send_signalling(track_status(2, True))
             await rig.worker.wait_for(TrackStatusChange)
             assert rig.worker.messages(TrackStatusChange) == [TrackStatusChange(PC_ID, 2, True)]
+            dropped = {
+                reason: rig.metrics.registry.get_sample_value("smallwebrtc_data_channel_dropped_total", {"reason": reason})
+                for reason in ("binary", "too_large", "too_deep")
+            }
+            assert dropped == {"binary": 1, "too_large": 1, "too_deep": 2}
     ignored = [r["message"] for r in records if "ignoring" in r["message"]]
     assert len(ignored) == 7, ignored
     assert all(r["exception"] is None for r in records)
@@ -154,7 +159,8 @@ async def test_a_flood_of_messages_from_the_peer_is_dropped_and_counted():
             rig.client.channel.send(json.dumps({"after": True}))
             await rig.worker.wait_for(AppMessageIn, lambda m: "after" in m.json)
             passed = len(rig.worker.messages(AppMessageIn)) - 1
-    assert 5 <= passed < 100
+            flood = rig.metrics.registry.get_sample_value("smallwebrtc_data_channel_dropped_total", {"reason": "flood"})
+    assert 5 <= passed < 100 and passed + flood == 100
     [warning] = [r["message"] for r in records if "dropped over 5 a second" in r["message"]]
     assert "peer pc-test: 1 messages" in warning
 
