@@ -1,6 +1,7 @@
 """The worker processes ``serve`` runs on this machine: started, restarted when they die, stopped."""
 
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -27,8 +28,15 @@ class LocalWorkers:
         self._engine = engine
         self._settings = settings
         self._config_file = config_file
-        self._slots = [ProcessSlot(f"{engine.engine_id}-w{i}") for i in range(settings.worker_count)]
+        self._slots = [ProcessSlot(self._worker_id(i)) for i in range(settings.worker_count)]
+        # Workers the engine retired (past their memory limit): replaced, left to finish their sessions.
+        self._retired: list[asyncio.subprocess.Process] = []
+        self._successors = itertools.count(1)
         self._watch_task: asyncio.Task | None = None
+
+    def _worker_id(self, index: int, successor: int = 0) -> str:
+        # A successor runs beside the worker it replaces, so it joins under an id of its own.
+        return f"{self._engine.engine_id}-w{index}" + (f".{successor}" if successor else "")
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -60,12 +68,26 @@ class LocalWorkers:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(POLL_S)
-            for slot in self._slots:
-                if slot.exited() and await slot.wait_to_restart("worker"):
+            for index, slot in enumerate(self._slots):
+                if self._retiring(slot):
+                    self._retired.append(slot.process)
+                    self._slots[index] = ProcessSlot(self._worker_id(index, next(self._successors)))
+                    await self._spawn(self._slots[index])
+                elif slot.exited() and await slot.wait_to_restart("worker"):
                     await self._spawn(slot)
+            self._retired = [process for process in self._retired if process.returncode is None]
+
+    def _retiring(self, slot: ProcessSlot) -> bool:
+        """Whether the engine retires the slot's running worker (it drains, and exits on its own)."""
+        handle = self._engine.registry.get(slot.name) if self._engine.registry else None
+        return (
+            handle is not None and handle.retiring is not None
+            and slot.process is not None and slot.process.pid == handle.pid and slot.process.returncode is None
+        )
 
     async def stop(self) -> None:
         """Stop watching, then wait for every worker to leave (terminate, then kill, the late ones)."""
         if self._watch_task is not None:
             self._watch_task.cancel()
-        await asyncio.gather(*(stop_process(slot.process, WORKER_STOP_GRACE_S) for slot in self._slots if slot.process))
+        processes = [slot.process for slot in self._slots if slot.process] + self._retired
+        await asyncio.gather(*(stop_process(process, WORKER_STOP_GRACE_S) for process in processes))

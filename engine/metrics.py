@@ -40,6 +40,10 @@ class HostMetrics:
         self.sessions_total = Counter("smallwebrtc_sessions_total", "Sessions ended, by outcome.", ["outcome"], registry=r)
         self.sessions_started = Counter("smallwebrtc_sessions_started_total", "Sessions placed on a worker.", registry=r)
         self.sessions_moved = Counter("smallwebrtc_sessions_moved_total", "Sessions moved off a lost worker.", registry=r)
+        self.workers_retired = Counter(
+            "smallwebrtc_workers_retired_total", "Workers drained and replaced, by reason (memory: past worker_memory_limit_mb).",
+            ["reason"], registry=r,
+        )
         self.offers_refused = Counter("smallwebrtc_offers_refused_total", "Offers refused, by HTTP status.", ["status"], registry=r)
         self.frames = Counter(
             "smallwebrtc_frames_total",
@@ -122,6 +126,7 @@ class _LiveState:
             "queue": GaugeMetricFamily(
                 "smallwebrtc_ipc_queue_depth", "Messages waiting in the engine's outbox to a worker.", labels=["worker_id"]
             ),
+            "rss": GaugeMetricFamily("smallwebrtc_worker_rss_mb", "A worker's resident memory, as it last reported.", labels=["worker_id"]),
             "worker_dropped": GaugeMetricFamily(
                 "smallwebrtc_worker_frames_dropped", "Frames a worker's bots read too late, as it last reported.", labels=["worker_id"]
             ),
@@ -132,5 +137,6 @@ class _LiveState:
             families["lag"].add_metric([w.worker_id], w.loop_lag_ms)
             families["cpu"].add_metric([w.worker_id], w.cpu_share)
             families["queue"].add_metric([w.worker_id], len(w.outbox.mailbox))
+            families["rss"].add_metric([w.worker_id], w.rss_mb)
             families["worker_dropped"].add_metric([w.worker_id], w.frames_dropped)
         yield from families.values()

@@ -15,6 +15,9 @@ from engine.common.protocol import MediaLane, WorkerHeartbeat
 # The most a worker's heartbeat may claim: past these it only hides how loaded it is.
 MAX_REPORTED_CPU_SHARE = 256.0
 MAX_REPORTED_LOOP_LAG_MS = 60_000.0
+MAX_REPORTED_RSS_MB = 1024.0 * 1024
+# Session ids a heartbeat may list; the engine never gives a worker this many.
+MAX_REPORTED_SESSIONS = 1024
 
 
 def _reported(value: float, most: float) -> float:
@@ -38,9 +41,17 @@ class WorkerHandle:
     last_seen: float = field(default_factory=time.monotonic)
     loop_lag_ms: float = 0.0
     cpu_share: float = 0.0
-    reported_sessions: int = 0
+    reported_sessions: frozenset[str] = frozenset()
+    rss_mb: float = 0.0
     frames_dropped: int = 0
     draining: bool = False
+    # Why the engine is replacing this worker (it drains meanwhile), and since when.
+    retiring: str | None = None
+    retiring_since: float = 0.0
+    # Whether it ever ran a session: a fresh worker's footprint is not what a memory limit is for.
+    served: bool = False
+    # Session ids it reported that are not its sessions, and since when.
+    stray_since: dict[str, float] = field(default_factory=dict)
     sessions: set[str] = field(default_factory=set)
     pump_task: asyncio.Task | None = None
     lost_reason: str | None = None
@@ -53,7 +64,12 @@ class WorkerHandle:
     @property
     def has_room(self) -> bool:
         """Whether the worker takes another session."""
-        return self.alive and not self.draining and len(self.sessions) < self.capacity
+        return self.alive and not self.draining and self.retiring is None and len(self.sessions) < self.capacity
+
+    def hold(self, pc_id: str) -> None:
+        """Hold room for a session placed (or moved) here."""
+        self.sessions.add(pc_id)
+        self.served = True
 
     def heard(self, heartbeat: WorkerHeartbeat | None = None) -> None:
         """The worker spoke; a heartbeat also carries its load.
@@ -66,7 +82,8 @@ class WorkerHandle:
         if heartbeat is not None:
             self.loop_lag_ms = _reported(heartbeat.loop_lag_ms, MAX_REPORTED_LOOP_LAG_MS)
             self.cpu_share = _reported(heartbeat.cpu_share, MAX_REPORTED_CPU_SHARE)
-            self.reported_sessions = max(0, heartbeat.sessions)
+            self.reported_sessions = frozenset(heartbeat.session_ids[:MAX_REPORTED_SESSIONS])
+            self.rss_mb = _reported(heartbeat.rss_mb, MAX_REPORTED_RSS_MB)
             self.frames_dropped = max(0, heartbeat.frames_dropped)
             self.draining = heartbeat.draining
 
@@ -78,11 +95,13 @@ class WorkerHandle:
             "hostname": self.hostname,
             "capacity": self.capacity,
             "sessions": sorted(self.sessions),
-            "reported_sessions": self.reported_sessions,
+            "reported_sessions": sorted(self.reported_sessions),
+            "rss_mb": round(self.rss_mb, 1),
             "loop_lag_ms": round(self.loop_lag_ms, 2),
             "cpu_share": round(self.cpu_share, 3),
             "frames_dropped": self.frames_dropped,
             "draining": self.draining,
+            "retiring": self.retiring,
         }
 
 

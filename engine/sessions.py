@@ -13,7 +13,12 @@ from loguru import logger
 
 from engine.aiortc_seam import set_sctp_max_chunk_size
 from engine.common.diagnostics import live_objects
-from engine.common.protocol import SessionMessage, SessionOpen
+from engine.common.protocol import (
+    SessionClose,
+    SessionMessage,
+    SessionOpen,
+    WorkerDrain,
+)
 from engine.common.settings import ConnectionMode, HostSettings
 from engine.ice import announce_address, restrict_host_addresses
 from engine.metrics import HostMetrics, SessionOutcome
@@ -62,7 +67,12 @@ class Engine:
         self._peer_tasks: set[asyncio.Task] = set()
         self.metrics = HostMetrics(self)
         self._link = WorkerLink(
-            settings, self.engine_id, self._deliver, self._move_sessions, self.metrics.count_drop("engine_outbox")
+            settings,
+            self.engine_id,
+            self._deliver,
+            self._move_sessions,
+            self.metrics.count_drop("engine_outbox"),
+            on_heartbeat=self._worker_heard,
         )
         self.draining = False
         self.on_drained: Callable[[], None] | None = None
@@ -196,7 +206,7 @@ class Engine:
         opening = SessionOpen(pc_id, runner_session_id or str(uuid.uuid4()), body)
         peer = PeerActor(opening, self.settings, worker, self.metrics, self._peer_ended)
         self.peers[pc_id] = peer
-        worker.sessions.add(pc_id)
+        worker.hold(pc_id)
         task = asyncio.create_task(peer.run(), name=f"peer-{pc_id}")
         # asyncio keeps only weak references to running tasks.
         self._peer_tasks.add(task)
@@ -207,10 +217,10 @@ class Engine:
             peer.close(f"rejected offer: {e}", SessionOutcome.REJECTED, tell_worker=False)
             raise OfferRejected(400, str(e)) from e
         answer = self._rewrite(answer)
-        worker.outbox.send(opening)
         self.metrics.sessions_started.inc()
         self.metrics.session_setup.observe(time.monotonic() - started)
-        peer.log.info(f"peer {pc_id}: new session on worker {worker.worker_id}")
+        # The worker's room is held from now; its bot starts when the peer connects (PeerActor).
+        peer.log.info(f"peer {pc_id}: new session, placed on worker {worker.worker_id}")
         return answer
 
     async def add_candidates(self, pc_id: str, candidates: list) -> None:
@@ -239,6 +249,42 @@ class Engine:
         if peer is not None and peer.worker is worker:
             peer.deliver(message, payload)
 
+    def _worker_heard(self, worker: WorkerHandle) -> None:
+        """Agree with a worker on the sessions it runs, and replace it once past its memory limit."""
+        now = time.monotonic()
+        # Heartbeats cross the link with the messages that open and close sessions: only what
+        # stays wrong for this long is a disagreement.
+        settled = self.settings.worker_dead_after_s
+        for pc_id in worker.sessions - worker.reported_sessions:
+            peer = self.peers.get(pc_id)
+            if peer is not None and peer.bot_started_at is not None and now - peer.bot_started_at > settled:
+                peer.close(f"worker {worker.worker_id} does not run its bot", SessionOutcome.WORKER_LOST, tell_worker=False)
+        stray = worker.reported_sessions - worker.sessions
+        worker.stray_since = {pc_id: worker.stray_since.get(pc_id, now) for pc_id in stray}
+        for pc_id, since in worker.stray_since.items():
+            if now - since > settled:
+                self.log.warning(f"worker {worker.worker_id} runs a bot for {pc_id!r}, which is not its session: closing it")
+                worker.outbox.send(SessionClose(pc_id, "not a session of this worker"))
+                worker.stray_since[pc_id] = now
+        self._retire_if_too_big(worker, now)
+
+    def _retire_if_too_big(self, worker: WorkerHandle, now: float) -> None:
+        """Past ``worker_memory_limit_mb`` a worker drains and is replaced; what it still runs after the drain timeout moves."""
+        limit = self.settings.worker_memory_limit_mb
+        if worker.retiring is not None:
+            if now - worker.retiring_since > self.settings.drain_timeout_s:
+                self._link.lose(worker, f"retired ({worker.retiring}) and not drained within drain_timeout_s")
+        # A worker that never ran a session is as small as it gets: a limit below that is not its doing.
+        elif limit and worker.served and worker.rss_mb > limit:
+            worker.retiring, worker.retiring_since = "memory", now
+            worker.outbox.send(WorkerDrain(f"memory: {worker.rss_mb:.0f} MB, past worker_memory_limit_mb = {limit}"))
+            self.metrics.workers_retired.labels("memory").inc()
+            self.log.warning(
+                f"worker {worker.worker_id} uses {worker.rss_mb:.0f} MB, past worker_memory_limit_mb = {limit}: "
+                f"retiring it (no new sessions; its {len(worker.sessions)} sessions finish, or move after "
+                f"{self.settings.drain_timeout_s:g} s)"
+            )
+
     def _move_sessions(self, lost: WorkerHandle, reason: str) -> None:
         """Move a lost worker's sessions to live workers with room; end the ones nobody can take."""
         self.log.error(f"worker {lost.worker_id} lost: {reason}; moving its {len(lost.sessions)} sessions")
@@ -254,6 +300,6 @@ class Engine:
                 peer.close(f"worker {lost.worker_id} lost ({reason}) and {why}", SessionOutcome.WORKER_LOST, tell_worker=False)
             else:
                 self._moved.add(pc_id)
-                target.sessions.add(pc_id)
+                target.hold(pc_id)
                 peer.move_to(target)
                 self.metrics.sessions_moved.inc()

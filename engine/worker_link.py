@@ -22,7 +22,7 @@ from loguru import logger
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from engine.common.link import bind_router
+from engine.common.link import bind_router, frames
 from engine.common.protocol import (
     EngineHeartbeat,
     MediaLane,
@@ -57,6 +57,7 @@ def remove_stale_runtime_dirs() -> None:
 
 OnSessionMessage = Callable[[WorkerHandle, SessionMessage, list], None]
 OnWorkerLost = Callable[[WorkerHandle, str], None]
+OnWorkerHeard = Callable[[WorkerHandle], None]
 
 
 class WorkerLink:
@@ -69,6 +70,7 @@ class WorkerLink:
         on_session_message: OnSessionMessage,
         on_worker_lost: OnWorkerLost,
         on_drop: Callable[[MediaLane], None] | None = None,
+        on_heartbeat: OnWorkerHeard | None = None,
     ):
         """Initialize the link; ``start()`` binds it.
 
@@ -80,6 +82,8 @@ class WorkerLink:
             on_worker_lost: Called with a worker's handle and why, once it is
                 out of the registry (process exited, silent, stuck, or registered again).
             on_drop: Called with the lane of every media item an outbox to a worker drops.
+            on_heartbeat: Called with a registered worker's handle after each of its
+                heartbeats (its load and the sessions it runs are on the handle).
         """
         self.settings = settings
         self.engine_id = engine_id
@@ -89,9 +93,12 @@ class WorkerLink:
         self._on_session_message = on_session_message
         self._on_worker_lost = on_worker_lost
         self._on_drop = on_drop
+        self._on_heartbeat = on_heartbeat
         self._runtime_dir: str | None = None
         self._context = zmq.asyncio.Context()
         self._router: zmq.asyncio.Socket | None = None
+        # The same socket for sends that must not wait (to a worker that has no outbox).
+        self._router_now: zmq.Socket | None = None
         self._authenticator: AsyncioAuthenticator | None = None
         self._tasks: list[asyncio.Task] = []
         self._local_workers: dict[str, asyncio.subprocess.Process] = {}
@@ -110,6 +117,7 @@ class WorkerLink:
         if self.settings.curve_secret_key_file:
             self._start_authenticator()
         self._router = bind_router(self._context, self.endpoint, self.settings.curve_secret_key_file)
+        self._router_now = zmq.Socket.shadow(self._router)
         self.registry = WorkerRegistry(self._router, self._on_drop)
         self._tasks = [
             asyncio.create_task(self._receive(), name="engine-receive"),
@@ -184,15 +192,31 @@ class WorkerLink:
         handle = self.registry.get(worker_id)
         if handle is None:
             self.log.debug(f"ignoring {type(message).__name__} from unregistered worker {worker_id}")
+            if isinstance(message, WorkerHeartbeat):
+                # A worker declared lost that lives on (it was stopped, or cut off) still runs the bots
+                # of sessions that moved elsewhere: it is told to stop them.
+                self._send_now(worker_id, WorkerStop("this engine declared the worker lost: its sessions moved"))
             return
-        handle.heard(message if isinstance(message, WorkerHeartbeat) else None)
+        if isinstance(message, WorkerHeartbeat):
+            handle.heard(message)
+            if self._on_heartbeat is not None:
+                self._on_heartbeat(handle)
+            return
+        handle.heard()
         if isinstance(message, SessionMessage):
             self._on_session_message(handle, message, payload)
+
+    def _send_now(self, worker_id: str, message) -> None:
+        """Send to a worker with no outbox, if its pipe takes it now; else it is told at its next heartbeat."""
+        try:
+            self._router_now.send_multipart([worker_id.encode(), *frames(message)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            self.log.debug(f"could not tell worker {worker_id} {type(message).__name__}: {e}")
 
     def _register(self, worker_id: str, message: WorkerRegister) -> None:
         existing = self.registry.get(worker_id)
         if existing is not None:
-            self._lose(existing, "registered again (restarted)")
+            self.lose(existing, "registered again (restarted)")
         # A worker takes at most the engine's worker_capacity: one that claimed more would draw
         # every new session before the others filled.
         capacity = min(message.capacity, self.settings.worker_capacity)
@@ -204,7 +228,17 @@ class WorkerLink:
         handle.outbox.send(WorkerAccept(self.engine_id))
         self.log.info(f"worker {worker_id} joined (pid {message.pid} on {message.hostname}, capacity {handle.capacity})")
 
-    def _lose(self, handle: WorkerHandle, reason: str) -> None:
+    def lose(self, handle: WorkerHandle, reason: str) -> None:
+        """Declare a worker lost: out of the registry, and its owner told (who moves its sessions).
+
+        A local worker that still runs (hung, stopped, deadlocked) is killed
+        first: woken later, it would run its sessions' bots beside the ones
+        they moved to. A remote one is told to stop when it is next heard.
+        """
+        process = self._local_workers.get(handle.worker_id)
+        if process is not None and process.pid == handle.pid and process.returncode is None:
+            self.log.warning(f"killing worker {handle.worker_id} (pid {process.pid}): {reason}")
+            process.kill()
         self.registry.remove(handle, reason)
         self._on_worker_lost(handle, reason)
 
@@ -217,11 +251,11 @@ class WorkerLink:
             for handle in self.registry:
                 process = self._local_workers.get(handle.worker_id)
                 if process is not None and process.returncode is not None:
-                    self._lose(handle, f"process exited with code {process.returncode}")
+                    self.lose(handle, f"process exited with code {process.returncode}")
                 elif not handle.alive:
-                    self._lose(handle, handle.lost_reason or handle.outbox.broken)
+                    self.lose(handle, handle.lost_reason or handle.outbox.broken)
                 elif now - handle.last_seen > self.settings.worker_dead_after_s:
-                    self._lose(handle, f"no heartbeat for {now - handle.last_seen:.1f} s")
+                    self.lose(handle, f"no heartbeat for {now - handle.last_seen:.1f} s")
                 elif now >= next_heartbeat:
                     handle.outbox.send(EngineHeartbeat())
             if now >= next_heartbeat:

@@ -21,6 +21,7 @@ from engine.common.protocol import (
     SessionMessage,
     SessionOpen,
     WorkerAccept,
+    WorkerDrain,
     WorkerHeartbeat,
     WorkerRegister,
     WorkerStop,
@@ -40,6 +41,16 @@ SESSION_OBJECT_TYPES = (
     "Session", "SmallWebRTCConnection", "InputTrack", "AudioOutput", "VideoOutput",
     "SmallWebRTCTransport", "PipelineWorker", "PipelineTask", "Pipeline",
 )
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MB, as the engine's memory limit reads it (0 without /proc)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def load_bot(spec: str) -> Bot:
@@ -122,13 +133,20 @@ class Worker:
             self.log.info(f"worker {self.worker_id} stopped")
 
     def _on_signal(self) -> None:
-        # The first signal drains (no new sessions; leave when the last ends), the second stops at once.
-        if self._draining or not self.sessions:
+        # The first signal drains, the second stops at once.
+        if self._draining:
             self._stopping.set()
         else:
-            self._draining = True
-            self.log.warning(f"worker {self.worker_id} draining: {len(self.sessions)} sessions left")
-            self.outbox.send(self._heartbeat_message())
+            self._drain("signalled")
+
+    def _drain(self, why: str) -> None:
+        """Take no new session, and stop once the last one ends."""
+        if not self.sessions:
+            self._stopping.set()
+            return
+        self._draining = True
+        self.log.warning(f"worker {self.worker_id} draining ({why}): {len(self.sessions)} sessions left")
+        self.outbox.send(self._heartbeat_message())
 
     def _report_live_objects(self) -> None:
         # Operators (and tests/bench/soak.py) send SIGUSR1 to see what a long-running worker still holds.
@@ -138,7 +156,7 @@ class Worker:
         dropped = self._frames_dropped_ended + sum(s.connection.frames_dropped for s in self.sessions.values())
         lags = sorted(self._loop_lags) or [0.0]
         lag_p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
-        return WorkerHeartbeat(len(self.sessions), lag_p99, self._cpu_share, dropped, self._draining)
+        return WorkerHeartbeat(lag_p99, self._cpu_share, dropped, self._draining, tuple(self.sessions), resident_mb())
 
     async def _receive(self, dealer: zmq.asyncio.Socket) -> None:
         while True:
@@ -165,6 +183,8 @@ class Worker:
                 pass
             case WorkerAccept(engine_id=engine_id):
                 self.log.info(f"worker {self.worker_id} accepted by engine {engine_id}")
+            case WorkerDrain(reason=reason):
+                self._drain(f"asked by the engine: {reason}")
             case WorkerStop(reason=reason):
                 self.log.info(f"worker {self.worker_id} asked to stop: {reason}")
                 self._stopping.set()

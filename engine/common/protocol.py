@@ -108,13 +108,14 @@ class WorkerAccept(msgspec.Struct, tag=True, frozen=True):
 
 
 class WorkerHeartbeat(msgspec.Struct, tag=True, frozen=True):
-    """Worker to engine, every second: the worker lives, its load, and whether it drains."""
+    """Worker to engine, every second: the worker lives, its load, whether it drains, and the sessions it runs."""
 
-    sessions: int
     loop_lag_ms: float
     cpu_share: float = 0.0
     frames_dropped: int = 0
     draining: bool = False
+    session_ids: tuple[str, ...] = ()
+    rss_mb: float = 0.0
 
 
 class EngineHeartbeat(msgspec.Struct, tag=True, frozen=True):
@@ -123,6 +124,12 @@ class EngineHeartbeat(msgspec.Struct, tag=True, frozen=True):
 
 class WorkerStop(msgspec.Struct, tag=True, frozen=True):
     """Engine to worker: end every session and exit."""
+
+    reason: str
+
+
+class WorkerDrain(msgspec.Struct, tag=True, frozen=True):
+    """Engine to worker: take no new session, and exit once the last one ends (the worker is being replaced)."""
 
     reason: str
 
@@ -286,6 +293,7 @@ FromEngine = (
     WorkerAccept
     | EngineHeartbeat
     | WorkerStop
+    | WorkerDrain
     | SessionOpen
     | SessionClose
     | PeerStateChange

@@ -82,6 +82,7 @@ class HostSettings(BaseSettings):
     workers: int = Field(-1, ge=-1)
     engines: int = Field(1, ge=1)
     worker_capacity: int = Field(4, ge=1)
+    worker_memory_limit_mb: int = Field(0, ge=0)
     bot: str = "workers.demo_bot:bot"
     engine_endpoint: str = ""
     curve_secret_key_file: str = ""
@@ -96,7 +97,7 @@ class HostSettings(BaseSettings):
     )
     connection_mode: ConnectionMode = ConnectionMode.MULTIPLE
     esp32: bool = False
-    connecting_timeout_s: float = Field(60.0, gt=0)
+    connecting_timeout_s: float = Field(30.0, gt=0)
     data_channel_timeout_s: float = Field(10.0, gt=0)
     ping_window_s: float = Field(3.0, gt=0)
     peer_lost_close_s: float = Field(10.0, ge=0)

@@ -151,6 +151,8 @@ class PeerActor:
         self._restart_deadline: float | None = None
         self._restart_reason = ""
         self._connecting_timer: asyncio.Task | None = None
+        # The bot starts once the peer first connects: an offer that never connects costs no bot.
+        self.bot_started_at: float | None = None
         self._ended = False
         # The distinct remote candidates the current peer connection has taken (in its offers or trickled).
         self._remote_candidates: set[str] = set()
@@ -284,6 +286,11 @@ class PeerActor:
         self._channel.watch(pc)
         self._session.pc = pc
         self._restart_deadline = None
+        # Counted from the offer, not from "connecting": a peer that never even starts ICE is closed too.
+        self._cancel(self._connecting_timer)
+        self._connecting_timer = self._after(
+            self._settings.connecting_timeout_s, "no connection within the connecting timeout", SessionOutcome.CONNECT_TIMEOUT
+        )
 
     async def _handle_offer(self, offer: Offer) -> None:
         if offer.type != "offer":
@@ -374,14 +381,11 @@ class PeerActor:
 
     async def _handle_state(self, state: str) -> None:
         self.log.debug(f"peer {self.pc_id}: connection state {state}")
-        if state == "connecting" and self._connecting_timer is None:
-            self._connecting_timer = self._after(
-                self._settings.connecting_timeout_s, "no connection within the connecting timeout", SessionOutcome.CONNECT_TIMEOUT
-            )
-        elif state != "connecting":
+        if state not in ("new", "connecting"):
             self._cancel(self._connecting_timer)
             self._connecting_timer = None
         if state == "connected":
+            self._start_bot()
             self._channel.start_deadline(self._session.pc)
         if state in ("failed", "closed"):
             # The client may restart it under the same pc_id (it does after an
@@ -450,16 +454,25 @@ class PeerActor:
             case SessionClose(reason=reason):
                 await self._end(f"worker: {reason}", SessionOutcome.BOT_ENDED, tell_worker=False, notify_peer=True)
 
-    # ---- recovery ----
+    # ---- the bot, and recovery ----
+
+    def _start_bot(self) -> None:
+        """Have the session's worker start its bot, the first time the peer connects."""
+        if self.bot_started_at is None:
+            self.bot_started_at = time.monotonic()
+            self._session.to_worker(self.opening)
+            self.log.info(f"peer {self.pc_id}: connected; bot starting on worker {self.worker.worker_id}")
 
     def _move_to(self, worker: WorkerHandle) -> None:
-        """Start a fresh bot on ``worker``; it connects as the first one did."""
+        """Hand the session to ``worker``; a bot already started starts afresh there, and connects as the first one did."""
         lost = self._session.worker
         self._media.stop_forwarding()
         self._session.hand_to(worker)
         self._reported_state = "new"
         self._media.new_bot()
-        worker.outbox.send(self.opening)
+        if self.bot_started_at is not None:
+            self.bot_started_at = time.monotonic()
+            worker.outbox.send(self.opening)
         self.log.info(f"peer {self.pc_id}: session moved from lost worker {lost.worker_id} to {worker.worker_id}")
 
     # ---- the end ----
@@ -483,7 +496,7 @@ class PeerActor:
         self._cancel(self._connecting_timer)
         self._channel.stop_deadline()
         await self._close_pc()
-        if tell_worker:
+        if tell_worker and self.bot_started_at is not None:
             self._session.to_worker(SessionClose(self.pc_id, reason))
         self.worker.sessions.discard(self.pc_id)
         # Anyone still waiting on a reply learns the session is gone.

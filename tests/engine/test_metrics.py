@@ -28,7 +28,7 @@ def test_an_engine_not_started_shows_no_worker_and_no_session():
 async def test_the_gauges_read_the_engine_and_its_workers():
     async with running_engine() as engine, stand_in_workers(engine.endpoint, "w1") as (worker,):
         await worker.register(capacity=3)
-        await worker.send(WorkerHeartbeat(sessions=0, loop_lag_ms=4.0, cpu_share=0.5, frames_dropped=6, draining=False))
+        await worker.send(WorkerHeartbeat(loop_lag_ms=4.0, cpu_share=0.5, frames_dropped=6, draining=False))
         handle = engine.registry.get("w1")
         await until(lambda: handle.frames_dropped == 6)
         engine.drain("test")

@@ -28,7 +28,7 @@ async def test_a_handle_sends_to_its_worker_through_the_socket():
     with registry_on_a_socket() as (registry, router, endpoint):
         async with stand_in_workers(endpoint, "w1") as (worker,):
             # Once the socket has heard the worker, it routes to it.
-            await worker.send(WorkerHeartbeat(sessions=0, loop_lag_ms=0.0))
+            await worker.send(WorkerHeartbeat(loop_lag_ms=0.0))
             await router.recv_multipart()
             handle = registry.add("w1", 42, "box", 2)
             assert registry.get("w1") is handle and list(registry) == [handle]
@@ -51,18 +51,24 @@ async def test_a_heartbeat_tells_the_load_and_describe_shows_it():
     with registry_on_a_socket() as (registry, _, _):
         handle = registry.add("w1", 42, "box", 2)
         handle.sessions.add("pc-1")
-        handle.heard(WorkerHeartbeat(sessions=1, loop_lag_ms=3.456, cpu_share=0.12345, frames_dropped=2, draining=True))
+        handle.heard(
+            WorkerHeartbeat(
+                loop_lag_ms=3.456, cpu_share=0.12345, frames_dropped=2, draining=True, session_ids=("pc-1",), rss_mb=201.26
+            )
+        )
         assert handle.describe() == {
             "worker_id": "w1",
             "pid": 42,
             "hostname": "box",
             "capacity": 2,
             "sessions": ["pc-1"],
-            "reported_sessions": 1,
+            "reported_sessions": ["pc-1"],
+            "rss_mb": 201.3,
             "loop_lag_ms": 3.46,
             "cpu_share": 0.123,
             "frames_dropped": 2,
             "draining": True,
+            "retiring": None,
         }
         registry.remove(handle, "test")
 
@@ -71,7 +77,7 @@ async def test_placement_takes_the_least_loaded_worker_with_room():
     with registry_on_a_socket() as (registry, _, _):
         busy, idle, heavy = (registry.add(name, 1, "box", 4) for name in ("busy", "idle", "heavy"))
         busy.sessions.update({"a", "b"})
-        heavy.heard(WorkerHeartbeat(sessions=0, loop_lag_ms=0.0, cpu_share=0.9))
+        heavy.heard(WorkerHeartbeat(loop_lag_ms=0.0, cpu_share=0.9))
         assert registry.place() is idle
         idle.sessions.update({"c", "d", "e", "f"})
         assert not idle.has_room
@@ -83,10 +89,10 @@ async def test_placement_takes_the_least_loaded_worker_with_room():
 async def test_a_worker_reporting_an_impossible_load_does_not_draw_every_session():
     with registry_on_a_socket() as (registry, _, _):
         honest, negative, not_a_number = (registry.add(name, 1, "box", 4) for name in ("honest", "negative", "nan"))
-        honest.heard(WorkerHeartbeat(sessions=0, loop_lag_ms=1.0, cpu_share=0.2))
-        negative.heard(WorkerHeartbeat(sessions=-5, loop_lag_ms=-1e9, cpu_share=-1e9, frames_dropped=-1))
-        not_a_number.heard(WorkerHeartbeat(sessions=0, loop_lag_ms=float("nan"), cpu_share=float("nan")))
-        assert (negative.cpu_share, negative.loop_lag_ms, negative.reported_sessions) == (0.0, 0.0, 0)
+        honest.heard(WorkerHeartbeat(loop_lag_ms=1.0, cpu_share=0.2))
+        negative.heard(WorkerHeartbeat(loop_lag_ms=-1e9, cpu_share=-1e9, frames_dropped=-1, rss_mb=-1))
+        not_a_number.heard(WorkerHeartbeat(loop_lag_ms=float("nan"), cpu_share=float("nan")))
+        assert (negative.cpu_share, negative.loop_lag_ms, negative.rss_mb) == (0.0, 0.0, 0.0)
         # A load that is not a number counts as the most a worker may report.
         assert not_a_number.cpu_share > 1 and not_a_number.loop_lag_ms > 1000
         assert registry.place() is negative  # idle as an idle worker, no more
@@ -96,16 +102,19 @@ async def test_a_worker_reporting_an_impossible_load_does_not_draw_every_session
             registry.remove(handle, "test")
 
 
-async def test_a_draining_or_removed_worker_takes_no_session():
+async def test_a_draining_retiring_or_removed_worker_takes_no_session():
     with registry_on_a_socket() as (registry, _, _):
         draining, removed = registry.add("draining", 1, "box", 4), registry.add("removed", 1, "box", 4)
-        draining.heard(WorkerHeartbeat(sessions=0, loop_lag_ms=0.0, draining=True))
+        retiring = registry.add("retiring", 1, "box", 4)
+        retiring.retiring = "memory"
+        draining.heard(WorkerHeartbeat(loop_lag_ms=0.0, draining=True))
         registry.remove(removed, "gone")
         assert registry.place() is None
         assert registry.get("removed") is None
         assert (removed.alive, removed.lost_reason) == (False, "gone")
         assert removed.pump_task.cancelling()
         registry.remove(draining, "test")
+        registry.remove(retiring, "test")
 
 
 async def test_a_worker_added_again_replaces_its_old_handle():

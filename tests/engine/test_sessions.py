@@ -7,11 +7,13 @@ import pytest
 from engine.common.protocol import (
     SessionClose,
     SessionOpen,
+    WorkerDrain,
     WorkerHeartbeat,
     WorkerStop,
 )
 from engine.sessions import Engine, OfferRejected
 from tests.support.engines import (
+    apply_answer,
     client_offer,
     engine_settings,
     running_engine,
@@ -21,9 +23,11 @@ from tests.support.link import private_endpoint, until
 
 
 async def offer(engine: Engine, pc, **fields) -> dict:
-    """A new session's offer, as signaling hands it to the engine."""
+    """A new session's offer, as signaling hands it to the engine; the client applies the answer, so it connects."""
     request = {"pc_id": None, "restart_pc": False, "body": None, "runner_session_id": None, **fields}
-    return await engine.offer(pc.localDescription.sdp, "offer", **request)
+    answer = await engine.offer(pc.localDescription.sdp, "offer", **request)
+    await apply_answer(pc, answer)
+    return answer
 
 
 async def test_a_new_offer_is_answered_and_its_bot_opened_on_a_worker():
@@ -123,7 +127,7 @@ async def test_a_session_hears_only_the_worker_that_runs_it():
             await other.register()
             await other.send(SessionClose(pc_id, "not mine"))
             # What the other worker sent next shows the close before it was handled.
-            await other.send(WorkerHeartbeat(sessions=0, loop_lag_ms=0.0, draining=True))
+            await other.send(WorkerHeartbeat(loop_lag_ms=0.0, draining=True))
             await until(lambda: engine.registry.get("w2").draining)
             assert engine.live_peer_count() == 1
 
@@ -182,6 +186,48 @@ async def test_a_lost_workers_sessions_end_when_no_worker_has_room():
         assert engine.registry.get("lost") is None
 
 
+async def test_a_session_its_worker_does_not_run_ends_and_a_bot_the_engine_did_not_place_is_closed():
+    settings = {"heartbeat_interval_s": 0.1, "worker_dead_after_s": 0.5}
+    async with running_engine(**settings) as engine, stand_in_workers(engine.endpoint, "w1") as (worker,):
+        await worker.register()
+        # It runs a bot for a session that is not (or no longer) its own, and not the one it is given.
+        worker.session_ids = ("pc-stray",)
+        worker.keep_beating()
+        async with client_offer() as pc:
+            await offer(engine, pc)
+            await worker.expect(SessionOpen)
+            assert await worker.expect(SessionClose, session_id="pc-stray") == SessionClose(
+                "pc-stray", "not a session of this worker"
+            )
+            await until(lambda: engine.live_peer_count() == 0)
+        assert engine.metrics.registry.get_sample_value("smallwebrtc_sessions_total", {"outcome": "worker_lost"}) == 1
+
+
+async def test_a_worker_past_its_memory_limit_is_retired_and_its_sessions_move_after_the_drain_timeout():
+    settings = {"heartbeat_interval_s": 0.1, "worker_dead_after_s": 1.0, "worker_memory_limit_mb": 300, "drain_timeout_s": 1.0}
+    async with running_engine(**settings) as engine, stand_in_workers(engine.endpoint, "big", "fresh") as (big, fresh):
+        await big.register()
+        big.keep_beating()
+        async with client_offer() as pc:
+            pc_id = (await offer(engine, pc))["pc_id"]
+            await big.expect(SessionOpen)
+            big.session_ids = (pc_id,)
+            await fresh.register()
+            # A worker that never ran a session is not retired, whatever its size.
+            fresh.rss_mb = 900.0
+            fresh.keep_beating()
+            big.rss_mb = 400.0
+            assert await big.expect(WorkerDrain) == WorkerDrain("memory: 400 MB, past worker_memory_limit_mb = 300")
+            handle = engine.registry.get("big")
+            assert handle.retiring == "memory" and not handle.has_room
+            assert engine.registry.get("fresh").retiring is None
+            assert engine.metrics.registry.get_sample_value("smallwebrtc_workers_retired_total", {"reason": "memory"}) == 1
+            # Still running its session past drain_timeout_s: the session moves.
+            moved = await fresh.expect(SessionOpen)
+            assert moved.session_id == pc_id and engine.registry.get("big") is None
+            assert engine.live_peer_count() == 1
+
+
 async def test_stop_ends_every_session_and_tells_the_workers_to_leave():
     with private_endpoint() as endpoint:
         engine = Engine(engine_settings(endpoint))
@@ -189,6 +235,7 @@ async def test_stop_ends_every_session_and_tells_the_workers_to_leave():
         async with stand_in_workers(endpoint, "w1") as (worker,), client_offer() as pc:
             await worker.register()
             pc_id = (await offer(engine, pc))["pc_id"]
+            await worker.expect(SessionOpen)
             await engine.stop()
             assert await worker.expect(SessionClose) == SessionClose(pc_id, "host shutting down")
             assert await worker.expect(WorkerStop) == WorkerStop("engine stopping")

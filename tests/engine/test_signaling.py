@@ -10,6 +10,7 @@ from engine.common.protocol import SessionOpen
 from engine.signaling import create_app
 from tests.support.engines import (
     END_OF_CANDIDATES,
+    apply_answer,
     client_offer,
     running_engine,
     stand_in_workers,
@@ -80,6 +81,7 @@ async def test_an_offer_opens_a_session_and_takes_its_candidates():
             offer = {"sdp": pc.localDescription.sdp, "type": "offer", "requestData": {"video": False}}
             answer = (await client.post("/api/offer", json=offer)).json()
             assert answer["type"] == "answer" and answer["pc_id"].startswith(engine.engine_id)
+            await apply_answer(pc, answer)
             assert (await worker.expect(SessionOpen)).body == {"video": False}
             reply = await client.patch("/api/offer", json={"pc_id": answer["pc_id"], "candidates": [END_OF_CANDIDATES]})
             assert reply.json() == {"status": "success"}
@@ -103,6 +105,7 @@ async def test_a_session_started_at_start_gets_its_body_and_id():
             await worker.register()
             offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
             answer = (await client.post(f"/sessions/{start['sessionId']}/api/offer", json=offer)).json()
+            await apply_answer(pc, answer)
             opening = await worker.expect(SessionOpen)
             assert opening == SessionOpen(answer["pc_id"], start["sessionId"], {"a": 1})
 

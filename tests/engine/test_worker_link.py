@@ -28,6 +28,7 @@ class Owner:
     def __init__(self):
         self.session_messages = []
         self.lost = []
+        self.heard = []
 
     def session_message(self, handle, message, payload):
         self.session_messages.append((handle.worker_id, message, [frame.bytes for frame in payload]))
@@ -35,13 +36,16 @@ class Owner:
     def worker_lost(self, handle, reason):
         self.lost.append((handle.worker_id, reason))
 
+    def worker_heard(self, handle):
+        self.heard.append(handle.worker_id)
+
 
 @contextlib.asynccontextmanager
 async def running_link(**overrides):
     """A started link and its owner; stopped afterwards."""
     with private_endpoint() as endpoint:
         owner = Owner()
-        link = WorkerLink(engine_settings(endpoint, **overrides), "engine-1", owner.session_message, owner.worker_lost)
+        link = WorkerLink(engine_settings(endpoint, **overrides), "engine-1", owner.session_message, owner.worker_lost, on_heartbeat=owner.worker_heard)
         link.start()
         try:
             yield link, owner
@@ -65,12 +69,27 @@ async def test_a_worker_gets_no_more_capacity_than_the_engines_worker_capacity()
 
 
 async def test_a_heartbeat_carries_the_workers_load():
-    async with running_link() as (link, _), stand_in_workers(link.endpoint, "w1") as (worker,):
+    async with running_link() as (link, owner), stand_in_workers(link.endpoint, "w1") as (worker,):
         await worker.register()
-        await worker.send(WorkerHeartbeat(sessions=2, loop_lag_ms=7.5, cpu_share=0.25, frames_dropped=3, draining=True))
+        await worker.send(
+            WorkerHeartbeat(loop_lag_ms=7.5, cpu_share=0.25, frames_dropped=3, draining=True, session_ids=("a", "b"), rss_mb=99.0)
+        )
         handle = link.registry.get("w1")
         await until(lambda: handle.draining)
-        assert (handle.reported_sessions, handle.loop_lag_ms, handle.cpu_share, handle.frames_dropped) == (2, 7.5, 0.25, 3)
+        assert (handle.reported_sessions, handle.loop_lag_ms, handle.cpu_share, handle.frames_dropped, handle.rss_mb) == (
+            {"a", "b"}, 7.5, 0.25, 3, 99.0
+        )
+        assert owner.heard == ["w1"]
+
+
+async def test_a_worker_declared_lost_that_beats_again_is_told_to_stop():
+    settings = {"heartbeat_interval_s": 0.1, "worker_dead_after_s": 0.5}
+    async with running_link(**settings) as (link, owner), stand_in_workers(link.endpoint, "w1") as (worker,):
+        await worker.register()
+        # Silent past worker_dead_after_s (as a stopped process is): lost.
+        await until(lambda: owner.lost)
+        await worker.send(WorkerHeartbeat(loop_lag_ms=0.0))
+        assert await worker.expect(WorkerStop) == WorkerStop("this engine declared the worker lost: its sessions moved")
 
 
 async def test_session_messages_of_a_registered_worker_reach_the_owner_with_their_payload():
@@ -145,7 +164,7 @@ async def test_a_worker_whose_outbox_is_stuck_is_lost():
 
 async def test_stop_tells_every_worker_to_leave_and_removes_its_private_endpoint():
     owner = Owner()
-    link = WorkerLink(engine_settings(""), "engine-1", owner.session_message, owner.worker_lost)
+    link = WorkerLink(engine_settings(""), "engine-1", owner.session_message, owner.worker_lost, on_heartbeat=owner.worker_heard)
     link.start()
     socket_file = link.endpoint.removeprefix("ipc://")
     assert os.path.exists(socket_file)
@@ -161,7 +180,7 @@ async def test_curve_needs_a_directory_of_authorized_keys(tmp_path):
     settings = engine_settings(
         "ipc://unused", curve_secret_key_file=str(tmp_path / "engine.key_secret"), curve_authorized_keys_dir=str(tmp_path / "none")
     )
-    link = WorkerLink(settings, "engine-1", owner.session_message, owner.worker_lost)
+    link = WorkerLink(settings, "engine-1", owner.session_message, owner.worker_lost, on_heartbeat=owner.worker_heard)
     with pytest.raises(ValueError, match="curve_authorized_keys_dir"):
         link.start()
     await link.stop()

@@ -81,6 +81,8 @@ async def test_a_worker_drains_on_sigterm():
             host.wait_for(lambda ws: [w["worker_id"] for w in ws] == ["joiner"], timeout=30)
             async with TestPeer(host.base_url) as peer:
                 await peer.connect()
+                # Its bot starts once the peer connects: the worker drains only with a session to finish.
+                host.wait_for(lambda ws: ws and ws[0]["reported_sessions"], timeout=10)
                 worker.send_signal(signal.SIGTERM)
                 host.wait_for(lambda ws: ws and ws[0]["draining"], timeout=10)
                 # The only worker drains: no room for a new session, the running one goes on.

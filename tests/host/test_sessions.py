@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ async def test_client_leaving_ends_the_bot(host):
 
     def session_gone(workers):
         worker = next(w for w in workers if w["worker_id"] == worker_id)
-        return pc_id not in worker["sessions"] and worker["reported_sessions"] == 0
+        return pc_id not in worker["sessions"] and not worker["reported_sessions"]
 
     host.wait_for(session_gone, timeout=10)
     assert f"session {pc_id} ended on worker {worker_id}" in host.log()
@@ -135,6 +136,44 @@ async def test_a_dead_workers_session_resumes_on_another_and_it_is_restarted():
             # serve brings the dead worker back under the same id.
             host.wait_for(lambda ws: any(w["worker_id"] == victim_worker and w["pid"] != killed_pid for w in ws), 15)
             assert f"worker {victim_worker} lost" in host.log()
+
+
+async def test_a_hung_worker_is_killed_before_its_session_moves_and_is_restarted():
+    with HostProcess(workers=2) as host:
+        async with TestPeer(host.base_url) as peer:
+            await peer.connect(request_data=SMALL_VIDEO)
+            hung_worker = (await host_info(peer))["worker_id"]
+            hung_pid = host.worker_pids()[hung_worker]
+            peer.messages.clear()
+            os.kill(hung_pid, signal.SIGSTOP)
+            # Silent past worker_dead_after_s: lost, killed, and only then does a fresh bot take the peer.
+            await peer.wait_for_video_frames(5, timeout=15)
+            assert (await host_info(peer))["worker_id"] != hung_worker
+            assert not process_alive(hung_pid)
+            log = host.log()
+            killed = log.index(f"killing worker {hung_worker} (pid {hung_pid})")
+            assert killed < log.index(f"session moved from lost worker {hung_worker}")
+            # serve brings it back under the same id, as a new process.
+            host.wait_for(lambda ws: any(w["worker_id"] == hung_worker and w["pid"] != hung_pid for w in ws), 15)
+
+
+async def test_a_worker_past_its_memory_limit_finishes_its_session_while_a_successor_takes_new_ones():
+    # Any worker that has run a session is past 1 MB.
+    with HostProcess(1, env={"SMALLWEBRTC_HOST_WORKER_MEMORY_LIMIT_MB": "1"}) as host:
+        [(first_id, first_pid)] = host.worker_pids().items()
+        async with TestPeer(host.base_url) as peer:
+            await peer.connect(request_data=SMALL_VIDEO)
+            peer.messages.clear()
+            workers = host.wait_for(lambda ws: len(ws) == 2 and ws, timeout=20)
+            assert {w["worker_id"]: w["retiring"] for w in workers} == {first_id: "memory", f"{first_id}.1": None}
+            # Its session goes on where it was.
+            await peer.wait_for_video_frames(10)
+            assert (await host_info(peer))["worker_id"] == first_id
+        # Its last session over, it leaves; the successor, which never ran a session, stays.
+        host.wait_for(lambda ws: [w["worker_id"] for w in ws] == [f"{first_id}.1"], timeout=20)
+        assert not process_alive(first_pid)
+        metrics = urllib.request.urlopen(f"{host.base_url}/metrics", timeout=5).read().decode()
+        assert 'smallwebrtc_workers_retired_total{reason="memory"} 1.0' in metrics
 
 
 async def test_a_dead_workers_session_ends_when_no_worker_has_room():

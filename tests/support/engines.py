@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import zmq.asyncio
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from engine.common.link import connect_dealer, frames
 from engine.common.protocol import (
@@ -78,6 +78,9 @@ class StandInWorker:
         self.worker_id = worker_id
         self.context = zmq.asyncio.Context()
         self.socket = connect_dealer(self.context, endpoint, worker_id)
+        # What its heartbeats report: the sessions it runs, its memory.
+        self.session_ids: tuple[str, ...] = ()
+        self.rss_mb = 0.0
         self._beating: asyncio.Task | None = None
 
     async def send(self, message: FromWorker, *payload: bytes) -> None:
@@ -110,7 +113,7 @@ class StandInWorker:
 
         async def beat() -> None:
             while True:
-                await self.send(WorkerHeartbeat(sessions=0, loop_lag_ms=0.0))
+                await self.send(WorkerHeartbeat(loop_lag_ms=0.0, session_ids=self.session_ids, rss_mb=self.rss_mb))
                 await asyncio.sleep(interval)
 
         self._beating = asyncio.create_task(beat())
@@ -147,3 +150,8 @@ async def client_offer() -> AsyncIterator[RTCPeerConnection]:
             yield pc
         finally:
             await pc.close()
+
+
+async def apply_answer(pc: RTCPeerConnection, answer: dict) -> None:
+    """Apply the engine's answer, as the web client does: the peer then connects (and its bot starts)."""
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))

@@ -20,6 +20,7 @@ from engine.common.protocol import (
     SessionClose,
     SessionOpen,
     WorkerAccept,
+    WorkerDrain,
     WorkerHeartbeat,
     WorkerRegister,
     WorkerStop,
@@ -90,8 +91,12 @@ async def test_it_registers_first_with_its_capacity_then_beats(engine, start_wor
     assert identity == IDENTITY
     assert first == WorkerRegister(WORKER_ID, os.getpid(), socket.gethostname(), 3)
     _, beat = await engine.expect(WorkerHeartbeat)
-    assert (beat.sessions, beat.frames_dropped, beat.draining) == (0, 0, False)
+    assert (beat.session_ids, beat.frames_dropped, beat.draining) == ((), 0, False)
     assert beat.loop_lag_ms >= 0 and beat.cpu_share >= 0
+    # Its resident memory, as the engine's memory limit reads it: this process's.
+    with open(f"/proc/{os.getpid()}/status") as status:
+        vm_rss_mb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+    assert abs(beat.rss_mb - vm_rss_mb) < 50
 
 
 async def test_session_open_runs_the_bot_with_the_sessions_arguments(engine, start_worker):
@@ -105,10 +110,10 @@ async def test_session_open_runs_the_bot_with_the_sessions_arguments(engine, sta
         "body": {"n": 1},
         "pid": os.getpid(),
     }
-    await engine.expect(WorkerHeartbeat, sessions=1)
-    # The engine closes it: the bot ends, and the heartbeat counts one session less.
+    await engine.expect(WorkerHeartbeat, session_ids=("pc-1",))
+    # The engine closes it: the bot ends, and the heartbeat lists it no more.
     await engine.send(IDENTITY, SessionClose("pc-1", "peer left"))
-    await engine.expect(WorkerHeartbeat, sessions=0)
+    await engine.expect(WorkerHeartbeat, session_ids=())
 
 
 async def test_a_session_opened_twice_runs_one_bot(engine, start_worker):
@@ -116,7 +121,7 @@ async def test_a_session_opened_twice_runs_one_bot(engine, start_worker):
     for session_id in ("pc-1", "pc-1", "pc-2"):
         await engine.send(IDENTITY, SessionOpen(session_id, f"runner-{session_id}"))
     assert [(await hello(engine))["pc_id"] for _ in range(2)] == ["pc-1", "pc-2"]
-    await engine.expect(WorkerHeartbeat, sessions=2)
+    await engine.expect(WorkerHeartbeat, session_ids=("pc-1", "pc-2"))
 
 
 async def test_a_bot_that_returns_closes_its_session_with_the_engine(engine, start_worker):
@@ -125,15 +130,19 @@ async def test_a_bot_that_returns_closes_its_session_with_the_engine(engine, sta
     await hello(engine)
     _, close = await engine.expect(SessionClose)
     assert close == SessionClose("pc-1", "bot ended")
-    await engine.expect(WorkerHeartbeat, sessions=0)
+    await engine.expect(WorkerHeartbeat, session_ids=())
 
 
-async def test_while_draining_it_declines_new_sessions_and_leaves_after_the_last(engine, start_worker):
+@pytest.mark.parametrize("asked_by", ["signal", "engine"])
+async def test_while_draining_it_declines_new_sessions_and_leaves_after_the_last(engine, start_worker, asked_by):
     worker, task = await joined(engine, start_worker)
     await engine.send(IDENTITY, SessionOpen("pc-1", "runner-1"))
     await hello(engine)
-    os.kill(os.getpid(), signal.SIGTERM)  # handled by the worker's loop: it drains
-    await engine.expect(WorkerHeartbeat, draining=True, sessions=1)
+    if asked_by == "signal":
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by the worker's loop: it drains
+    else:
+        await engine.send(IDENTITY, WorkerDrain("memory: 900 MB, past worker_memory_limit_mb = 800"))
+    await engine.expect(WorkerHeartbeat, draining=True, session_ids=("pc-1",))
     await engine.send(IDENTITY, SessionOpen("pc-2", "runner-2"))
     _, declined = await engine.expect(SessionClose)
     assert declined == SessionClose("pc-2", "worker draining")

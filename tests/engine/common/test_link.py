@@ -164,7 +164,7 @@ async def test_curve_lets_an_authorized_worker_through_and_not_an_unknown_one(tm
     stranger = connect_dealer(context, endpoint, "stranger", stranger_secret, engine_public)
     worker = connect_dealer(context, endpoint, "worker", worker_secret, engine_public)
     try:
-        await stranger.send_multipart(frames(WorkerHeartbeat(0, 0.0)))
+        await stranger.send_multipart(frames(WorkerHeartbeat(0.0)))
         await worker.send_multipart(frames(WorkerRegister("worker", 1, "host", 2)))
         identity, header = await asyncio.wait_for(router.recv_multipart(), 5)
         assert (identity, decode_from_worker(header)) == (b"worker", WorkerRegister("worker", 1, "host", 2))

@@ -10,9 +10,10 @@ from engine.common import protocol
 EXAMPLES = [
     protocol.WorkerRegister("w1", 42, "host", 4),
     protocol.WorkerAccept("e1"),
-    protocol.WorkerHeartbeat(2, 0.5, 0.25, 3, True),
+    protocol.WorkerHeartbeat(0.5, 0.25, 3, True, ("pc-1", "pc-2"), 210.5),
     protocol.EngineHeartbeat(),
     protocol.WorkerStop("bye"),
+    protocol.WorkerDrain("memory"),
     protocol.SessionOpen("pc", "run", {"video_width": 320}),
     protocol.SessionClose("pc", "done"),
     protocol.SessionConnect("pc"),

@@ -1,7 +1,7 @@
 """The peer's actor: offers and candidates, the session's life, liveness, a move to another worker, the end."""
 
 import pytest
-from aiortc import RTCBundlePolicy
+from aiortc import RTCBundlePolicy, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from engine.common.mailbox import MailboxOverflow
@@ -121,7 +121,42 @@ async def test_move_to_opens_the_session_on_the_new_worker():
         # The fresh bot hears of the peer once it is ready, as the first one did.
         rig.from_bot(SessionConnect(PC_ID))
         await second.wait_for(PeerStateChange, lambda m: m.state == "connected")
-        assert rig.worker.messages(SessionOpen) == []
+        assert rig.worker.messages(SessionOpen) == [rig.actor.opening]
+
+
+async def test_the_bot_starts_once_the_peer_connects():
+    async with PeerRig() as rig:
+        await rig.client.pc.setLocalDescription(await rig.client.pc.createOffer())
+        offer = rig.client.pc.localDescription
+        answer = await rig.actor.offer(offer.sdp, offer.type, restart_pc=False)
+        # Answered, not yet connected: no bot.
+        assert rig.worker.messages(SessionOpen) == [] and rig.actor.bot_started_at is None
+        await rig.client.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        assert await rig.worker.wait_for(SessionOpen) == [rig.actor.opening]
+
+
+async def test_an_offer_that_never_connects_ends_at_the_deadline_without_a_bot():
+    async with PeerRig(connecting_timeout_s=0.5) as rig:
+        await rig.client.pc.setLocalDescription(await rig.client.pc.createOffer())
+        offer = rig.client.pc.localDescription
+        # The client never applies the answer, so it never answers ICE checks.
+        await rig.actor.offer(offer.sdp, offer.type, restart_pc=False)
+        await until(lambda: rig.actor.ended)
+        assert rig.sessions_ended(SessionOutcome.CONNECT_TIMEOUT) == 1
+        assert rig.worker.received == []
+
+
+async def test_a_session_moved_before_its_peer_connects_starts_its_bot_on_the_new_worker_only():
+    async with PeerRig() as rig, TestWorker("worker-2") as second:
+        await rig.client.pc.setLocalDescription(await rig.client.pc.createOffer())
+        offer = rig.client.pc.localDescription
+        answer = await rig.actor.offer(offer.sdp, offer.type, restart_pc=False)
+        rig.actor.move_to(second.handle)
+        await until(lambda: rig.actor.worker is second.handle)
+        assert second.messages(SessionOpen) == []
+        await rig.client.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        assert await second.wait_for(SessionOpen) == [rig.actor.opening]
+        assert rig.worker.received == []
 
 
 async def test_an_offer_with_more_media_sections_than_taken_is_refused_before_aiortc_sees_it():
