@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--port", type=int)
     serve_cmd.add_argument("--workers", type=int, help="local workers (-1: one per core, 0: none)")
     serve_cmd.add_argument("--engines", type=int, help="engine processes sharing the peers and the workers")
-    serve_cmd.add_argument("--bot", help="the bot, as package.module:function")
+    serve_cmd.add_argument("--bot", help="the bot: path/to/bot.py or package.module, with :function if not bot")
     serve_cmd.add_argument("--config", help="a TOML configuration file (default: config/host.toml)")
     serve_cmd.add_argument("--ice-host-addresses", help="comma-separated addresses to gather host candidates on")
     serve_cmd.add_argument("--ice-servers", help="comma-separated STUN/TURN URLs")

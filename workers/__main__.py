@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the worker until it stops."""
     parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__)
     parser.add_argument("--engine", required=True, help="the engine's endpoint (ipc://... or tcp://...)")
-    parser.add_argument("--bot", help="the bot, as package.module:function")
+    parser.add_argument("--bot", help="the bot: path/to/bot.py or package.module, with :function if not bot")
     parser.add_argument("--worker-id", help="default: hostname-pid")
     parser.add_argument("--config", help="a TOML configuration file (default: config/host.toml)")
     parser.add_argument("--curve-secret-key", help="this worker's secret key file (NAME.key_secret)")

@@ -13,6 +13,7 @@ import sys
 from contextvars import ContextVar
 from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 from aiortc import RTCIceServer
 from loguru import logger
@@ -25,6 +26,10 @@ from pydantic_settings import (
 )
 
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "config" / "host.toml"
+# With no bot configured: the current directory's bot.py, as Pipecat's runner finds it, else the demo bot.
+DEFAULT_BOT_FILE = "bot.py"
+DEFAULT_BOT_FUNCTION = "bot"
+DEMO_BOT = "workers.demo_bot:bot"
 # The file load_settings() was asked to read, for the settings being built now.
 _config_file: ContextVar[str | None] = ContextVar("config_file", default=None)
 
@@ -65,6 +70,64 @@ def parse_port_range(text: str) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
+class BotSpec(NamedTuple):
+    """Where the bot is: an importable module or a Python file, and the function in it.
+
+    Parameters:
+        location: ``package.module``, or a path to a ``.py`` file (any name).
+        function: The ``async def bot(runner_args)`` to call; ``bot``, as Pipecat's runner looks it up.
+    """
+
+    location: str
+    function: str = DEFAULT_BOT_FUNCTION
+
+    @classmethod
+    def parse(cls, spec: str) -> "BotSpec":
+        """``package.module[:function]`` or ``path/to/file.py[:function]``.
+
+        Raises:
+            ValueError: If the spec is empty or its function is not a Python name.
+        """
+        location, colon, function = spec.rpartition(":")
+        if not colon:
+            location, function = spec, DEFAULT_BOT_FUNCTION
+        if not location or not function.isidentifier():
+            raise ValueError(
+                f"bot {spec!r} is not of the form package.module[:function] or path/to/file.py[:function]"
+            )
+        return cls(location, function)
+
+    @property
+    def is_file(self) -> bool:
+        """Whether ``location`` is a file rather than a module."""
+        return self.location.endswith(".py") or "/" in self.location
+
+    def __str__(self) -> str:
+        return f"{self.location}:{self.function}"
+
+
+def resolve_bot(spec: str) -> str:
+    """The bot to run, as ``location:function`` with a file's path made absolute.
+
+    A relative file is found from the current directory, so the workers of an
+    engine find the bot it was told, wherever they run. With no spec: the
+    current directory's ``bot.py`` if there is one, else the demo bot.
+
+    Raises:
+        ValueError: If the spec is malformed or names a file that does not exist.
+    """
+    if not spec:
+        default_file = Path(DEFAULT_BOT_FILE)
+        return str(BotSpec(str(default_file.resolve()))) if default_file.is_file() else DEMO_BOT
+    bot = BotSpec.parse(spec)
+    if not bot.is_file:
+        return str(bot)
+    path = Path(bot.location).expanduser().resolve()
+    if not path.is_file():
+        raise ValueError(f"bot file {bot.location} does not exist (looked for {path})")
+    return str(BotSpec(str(path), bot.function))
+
+
 class ConnectionMode(str, Enum):
     """How many peers the host takes at once."""
 
@@ -83,7 +146,7 @@ class HostSettings(BaseSettings):
     engines: int = Field(1, ge=1)
     worker_capacity: int = Field(4, ge=1)
     worker_memory_limit_mb: int = Field(0, ge=0)
-    bot: str = "workers.demo_bot:bot"
+    bot: str = Field("", validate_default=True)
     engine_endpoint: str = ""
     curve_secret_key_file: str = ""
     curve_server_key_file: str = ""
@@ -120,6 +183,11 @@ class HostSettings(BaseSettings):
     admin_token: str = ""
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("bot")
+    @classmethod
+    def _resolved_bot(cls, value: str) -> str:
+        return resolve_bot(value)
 
     @field_validator("ice_servers", mode="before")
     @classmethod

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine.common.protocol import (
     AppMessageOut,
     SessionOpen,
@@ -76,10 +78,13 @@ def test_a_missing_config_file_exits_non_zero_naming_it(tmp_path):
     assert str(missing) in done.stderr
 
 
-def test_a_malformed_bot_exits_non_zero_naming_it(tmp_path):
-    done = run(*worker_command("--engine", ipc_endpoint(tmp_path), "--bot", "nocolon"))
+@pytest.mark.parametrize(
+    "bot, named", [("mybot:not-a-name", "bot 'mybot:not-a-name'"), ("no-such-bot.py", "bot file no-such-bot.py")]
+)
+def test_a_malformed_or_missing_bot_exits_non_zero_naming_it(tmp_path, bot, named):
+    done = run(*worker_command("--engine", ipc_endpoint(tmp_path), "--bot", bot))
     assert done.returncode != 0
-    assert "smallwebrtc-host worker: bot 'nocolon'" in done.stderr
+    assert "smallwebrtc-host worker: invalid configuration" in done.stderr and named in done.stderr
 
 
 def test_tcp_without_curve_keys_exits_non_zero_naming_them():

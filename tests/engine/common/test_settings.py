@@ -5,6 +5,7 @@ from pydantic import ValidationError
 
 from engine.common.settings import (
     DEFAULT_CONFIG_FILE,
+    DEMO_BOT,
     HostSettings,
     load_settings,
     parse_port_range,
@@ -81,3 +82,35 @@ def test_pipecats_sctp_variable_is_the_default(monkeypatch):
 def test_bad_port_ranges(text):
     with pytest.raises(ValueError, match="ice_udp_port_range"):
         parse_port_range(text)
+
+
+def test_with_no_bot_configured_the_bot_py_of_the_current_directory_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().bot == DEMO_BOT
+    (tmp_path / "bot.py").write_text("async def bot(runner_args): ...\n")
+    assert load_settings().bot == f"{tmp_path}/bot.py:bot"
+
+
+@pytest.mark.parametrize(
+    "spec, resolved",
+    [
+        ("bots/my-bot.py", "{cwd}/bots/my-bot.py:bot"),
+        ("./bots/my-bot.py:run", "{cwd}/bots/my-bot.py:run"),
+        ("{cwd}/bots/my-bot.py", "{cwd}/bots/my-bot.py:bot"),
+        ("mypackage.mybot", "mypackage.mybot:bot"),
+        ("mypackage.mybot:run", "mypackage.mybot:run"),
+    ],
+)
+def test_a_bot_is_a_module_or_a_file_found_from_the_current_directory(tmp_path, monkeypatch, spec, resolved):
+    (tmp_path / "bots").mkdir()
+    (tmp_path / "bots" / "my-bot.py").write_text("async def bot(runner_args): ...\n")
+    monkeypatch.chdir(tmp_path)
+    # Workers may run in another directory: they get the absolute path.
+    assert load_settings(bot=spec.format(cwd=tmp_path)).bot == resolved.format(cwd=tmp_path)
+
+
+@pytest.mark.parametrize("spec", ["no-such-bot.py", "bots/missing.py:bot", ":bot", "mybot:", "mybot:not-a-name"])
+def test_a_bot_that_is_missing_or_malformed_is_refused_naming_the_setting(tmp_path, monkeypatch, spec):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match="bot"):
+        load_settings(bot=spec)
