@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 from pipecat.runner.types import SmallWebRTCRunnerArguments
+from pipecat.utils.file_storage import FileStorage
 
 from engine.common.link import Outbox
 from engine.common.mailbox import Mailbox
@@ -31,6 +32,14 @@ Bot = Callable[[SmallWebRTCRunnerArguments], Awaitable[None]]
 class HostRunnerArguments(SmallWebRTCRunnerArguments):
     """What Pipecat's development runner hands a bot, plus the worker hosting it.
 
+    Every field is as the runner sets it: ``body`` is the request's data (or
+    the ``/start`` body), ``session_id`` the session's, ``file_storage`` what
+    the bot module's ``create_file_storage()`` made; ``handle_sigint`` and
+    ``handle_sigterm`` are False (the worker owns its signals), and
+    ``pipeline_idle_timeout_secs`` is Pipecat's default. ``cli_args`` is None,
+    as on every host but the development runner: there is no runner command
+    line here.
+
     Parameters:
         worker_id: The worker process that runs this session.
     """
@@ -54,6 +63,7 @@ class Session:
         bot: Bot,
         worker_id: str,
         bot_end_grace_s: float,
+        file_storage: FileStorage | None = None,
     ):
         """Initialize the session; ``run()`` serves it.
 
@@ -63,6 +73,7 @@ class Session:
             bot: The bot function.
             worker_id: This worker's id, for the bot and the logs.
             bot_end_grace_s: How long the bot may take to end after its peer is gone.
+            file_storage: The bot's ``runner_args.file_storage``.
         """
         self.session_id = opening.session_id
         self.connection = SmallWebRTCConnection(opening.session_id, outbox)
@@ -72,6 +83,7 @@ class Session:
         self._bot = bot
         self._worker_id = worker_id
         self._grace_s = bot_end_grace_s
+        self._file_storage = file_storage
         self.log = logger.bind(pc_id=opening.session_id, worker_id=worker_id)
 
     def deliver(self, message, payload: list) -> None:
@@ -91,6 +103,7 @@ class Session:
             webrtc_connection=self.connection,
             body=self._opening.body,
             session_id=self._opening.runner_session_id,
+            file_storage=self._file_storage,
             worker_id=self._worker_id,
         )
         bot_task = asyncio.create_task(self._bot(runner_args), name=f"bot-{self.session_id}")

@@ -2,16 +2,22 @@
 
 import asyncio
 import importlib
+import importlib.util
 import os
 import signal
 import socket
+import sys
 import time
 from collections import deque
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
 
 import msgspec
 import zmq
 import zmq.asyncio
 from loguru import logger
+from pipecat.utils.file_storage import FileStorage
 
 from engine.common.diagnostics import live_objects
 from engine.common.link import Outbox, connect_dealer
@@ -27,7 +33,7 @@ from engine.common.protocol import (
     WorkerStop,
     decode_from_engine,
 )
-from engine.common.settings import HostSettings
+from engine.common.settings import BotSpec, HostSettings
 from workers.session import Bot, Session
 
 # A stopping worker gives the engine this long to receive its last messages.
@@ -36,6 +42,9 @@ FINAL_FLUSH_S = 0.3
 # 99th percentile of the last LAG_SAMPLES samples (5 s).
 LAG_SAMPLE_S = 0.05
 LAG_SAMPLES = 100
+# A bot file is imported under this name: no package's, nor "__main__", so a bot's
+# `if __name__ == "__main__":` block (which starts Pipecat's runner) does not run here.
+BOT_FILE_MODULE = "__bot__"
 # The objects a session is made of, counted on SIGUSR1 to see whether ended sessions are released.
 SESSION_OBJECT_TYPES = (
     "Session", "SmallWebRTCConnection", "InputTrack", "AudioOutput", "VideoOutput",
@@ -53,19 +62,55 @@ def resident_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def load_bot(spec: str) -> Bot:
-    """The bot function named ``package.module:function``.
+class LoadedBot(NamedTuple):
+    """A bot imported into this worker, and what its module gives every session (as Pipecat's runner reads it).
+
+    Parameters:
+        run: The bot function.
+        file_storage: What the module's ``create_file_storage()`` returned, None without one.
+    """
+
+    run: Bot
+    file_storage: FileStorage | None = None
+
+
+def _import_bot_file(path: Path) -> ModuleType:
+    """Import a bot's Python file (any name, hyphens too) as the module ``BOT_FILE_MODULE``.
+
+    Its folder is appended to ``sys.path``, so the bot imports its neighbours
+    as under ``python bot.py``; appended, so that none of them hides a package
+    of the host's.
+    """
+    spec = importlib.util.spec_from_file_location(BOT_FILE_MODULE, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"bot file {path} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
+    # Dataclasses, pickle and typing look a class's module up by name.
+    sys.modules[BOT_FILE_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_bot(spec: str) -> LoadedBot:
+    """Import the bot ``package.module[:function]`` or ``path/to/file.py[:function]`` (the function ``bot`` by default).
 
     Raises:
         ValueError: If the spec is malformed or names nothing callable.
+        TypeError: If the module's ``create_file_storage()`` is a coroutine function (it must be synchronous).
     """
-    module_name, _, function_name = spec.partition(":")
-    if not module_name or not function_name:
-        raise ValueError(f"bot {spec!r} is not of the form package.module:function")
-    bot = getattr(importlib.import_module(module_name), function_name, None)
-    if not callable(bot):
-        raise ValueError(f"bot {spec!r}: {module_name} has no function {function_name}")
-    return bot
+    bot = BotSpec.parse(spec)
+    module = _import_bot_file(Path(bot.location)) if bot.is_file else importlib.import_module(bot.location)
+    run = getattr(module, bot.function, None)
+    if not callable(run):
+        raise ValueError(f"bot {spec!r}: {bot.location} has no function {bot.function}")
+    create_file_storage = getattr(module, "create_file_storage", None)
+    file_storage = create_file_storage() if create_file_storage else None
+    if asyncio.iscoroutine(file_storage):
+        file_storage.close()
+        raise TypeError(f"bot {spec!r}: create_file_storage() must be synchronous")
+    return LoadedBot(run, file_storage)
 
 
 class Worker:
@@ -196,7 +241,9 @@ class Worker:
     def _open(self, opening: SessionOpen) -> None:
         if opening.session_id in self.sessions:
             return
-        session = Session(opening, self.outbox, self.bot, self.worker_id, self.settings.bot_end_grace_s)
+        session = Session(
+            opening, self.outbox, self.bot.run, self.worker_id, self.settings.bot_end_grace_s, self.bot.file_storage
+        )
         self.sessions[opening.session_id] = session
         task = asyncio.create_task(session.run(), name=f"session-{opening.session_id}")
         self._session_tasks.add(task)

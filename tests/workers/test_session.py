@@ -7,9 +7,12 @@ sends the engine from a real ``Outbox``.
 import asyncio
 import gc
 import weakref
+from dataclasses import fields
 
 import pytest
 import zmq
+from pipecat.runner.types import SmallWebRTCRunnerArguments
+from pipecat.utils.file_storage import FileStorage, LocalFileStorage
 
 from engine.common.link import Outbox
 from engine.common.protocol import (
@@ -35,27 +38,44 @@ from workers.session import HostRunnerArguments, Session
 OPENING = SessionOpen("pc-1", "runner-1", {"video": False})
 
 
-def start(bot, grace_s: float = 5.0) -> tuple[Session, Outbox, asyncio.Task]:
+def start(bot, grace_s: float = 5.0, file_storage: FileStorage | None = None) -> tuple[Session, Outbox, asyncio.Task]:
     """A session of ``bot`` for OPENING, running, and the outbox it sends to."""
     outbox = Outbox("to engine")
-    session = Session(OPENING, outbox, bot, "worker-1", grace_s)
+    session = Session(OPENING, outbox, bot, "worker-1", grace_s, file_storage)
     return session, outbox, asyncio.create_task(session.run())
 
 
-async def test_the_bot_gets_host_runner_arguments():
+async def test_the_bot_gets_every_runner_argument_as_pipecats_runner_sets_it(tmp_path):
     received = []
 
     async def bot(runner_args):
         received.append(runner_args)
 
-    session, _, running = start(bot)
+    storage = LocalFileStorage(str(tmp_path))
+    session, _, running = start(bot, file_storage=storage)
     await asyncio.wait_for(running, 5)
     [args] = received
-    assert isinstance(args, HostRunnerArguments)
+    assert isinstance(args, HostRunnerArguments) and isinstance(args, SmallWebRTCRunnerArguments)
     assert isinstance(args.webrtc_connection, SmallWebRTCConnection)
-    assert args.webrtc_connection is session.connection
     assert args.webrtc_connection.pc_id == "pc-1"
-    assert (args.body, args.session_id, args.worker_id) == ({"video": False}, "runner-1", "worker-1")
+    # Pipecat's runner sets the signal flags False and leaves the idle timeout its default; cli_args
+    # is its own command line, which a host other than the runner does not have.
+    runner_defaults = SmallWebRTCRunnerArguments(webrtc_connection=None)
+    expected = {
+        "webrtc_connection": session.connection,
+        "handle_sigint": False,
+        "handle_sigterm": False,
+        "pipeline_idle_timeout_secs": runner_defaults.pipeline_idle_timeout_secs,
+        "body": {"video": False},
+        "call_data": None,
+        "session_id": "runner-1",
+        "cli_args": None,
+        "file_storage": storage,
+    }
+    # A field a new Pipecat release adds fails here, by name, until it is set as its runner sets it.
+    assert {field.name for field in fields(SmallWebRTCRunnerArguments)} == expected.keys()
+    assert {name: getattr(args, name) for name in expected} == expected
+    assert args.worker_id == "worker-1"
 
 
 async def test_engine_messages_reach_the_connection_in_order():

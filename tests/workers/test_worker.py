@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import sys
 
 import pytest
 
@@ -27,9 +28,10 @@ from engine.common.protocol import (
     encode,
 )
 from engine.common.settings import HostSettings
+from tests.support import bots
 from tests.support.link import ipc_endpoint
 from tests.support.workers import FakeEngine, greeter
-from workers.worker import Worker, load_bot
+from workers.worker import BOT_FILE_MODULE, LoadedBot, Worker, load_bot
 
 WORKER_ID = "w1"
 IDENTITY = WORKER_ID.encode()
@@ -204,19 +206,85 @@ def test_a_worker_joining_over_tcp_needs_curve_keys():
 
 
 def test_load_bot_finds_the_function():
-    assert load_bot("tests.support.workers:greeter") is greeter
+    assert load_bot("tests.support.workers:greeter") == LoadedBot(greeter, None)
 
 
-@pytest.mark.parametrize("spec", ["tests.support.workers", "tests.support.workers:", ":greeter", ""])
+def test_the_bot_function_is_bot_unless_named():
+    assert load_bot("tests.support.bots").run is bots.bot
+
+
+@pytest.mark.parametrize("spec", ["tests.support.workers:", ":greeter", ""])
 def test_load_bot_rejects_a_malformed_spec(spec):
-    with pytest.raises(ValueError, match="package.module:function"):
+    with pytest.raises(ValueError, match="package.module"):
         load_bot(spec)
 
 
-@pytest.mark.parametrize("spec", ["tests.support.workers:missing", "engine.common.protocol:OPUS_FRAME_MS"])
+@pytest.mark.parametrize(
+    "spec", ["tests.support.workers:missing", "tests.support.workers", "engine.common.protocol:OPUS_FRAME_MS"]
+)
 def test_load_bot_rejects_a_name_that_is_not_callable(spec):
     with pytest.raises(ValueError, match="has no function"):
         load_bot(spec)
+
+
+BOT_FILE = """
+import tempfile
+
+import my_bot_prompts
+import transport
+from pipecat.utils.file_storage import LocalFileStorage
+
+imported_as = __name__
+uploads = LocalFileStorage(tempfile.gettempdir())
+
+
+async def bot(runner_args):
+    return my_bot_prompts.GREETING
+
+
+async def other(runner_args):
+    return "other"
+
+
+def create_file_storage():
+    return uploads
+
+
+if __name__ == "__main__":
+    raise SystemExit("the __main__ block starts Pipecat's runner: it must not run in a worker")
+"""
+
+
+@pytest.fixture
+def bot_project(tmp_path, monkeypatch):
+    """A bot's folder: its file (``my-bot.py``), a module it imports, and one named like a package of the host's."""
+    (tmp_path / "my-bot.py").write_text(BOT_FILE)
+    (tmp_path / "my_bot_prompts.py").write_text('GREETING = "hello"\n')
+    (tmp_path / "transport.py").write_text('raise ImportError("a neighbour hid the host\'s transport")\n')
+    monkeypatch.setattr(sys, "path", [*sys.path])
+    yield tmp_path
+    for name in (BOT_FILE_MODULE, "my_bot_prompts"):
+        sys.modules.pop(name, None)
+
+
+async def test_load_bot_imports_a_bot_file_of_any_name_with_its_neighbours(bot_project):
+    loaded = load_bot(f"{bot_project}/my-bot.py")
+    assert await loaded.run(None) == "hello"
+    # Not "__main__": the file's runner block did not run.
+    assert sys.modules[BOT_FILE_MODULE].imported_as == BOT_FILE_MODULE == loaded.run.__module__
+    assert await load_bot(f"{bot_project}/my-bot.py:other").run(None) == "other"
+
+
+def test_what_the_bots_create_file_storage_makes_is_every_sessions_file_storage(bot_project):
+    assert load_bot(f"{bot_project}/my-bot.py").file_storage is sys.modules[BOT_FILE_MODULE].uploads
+
+
+def test_create_file_storage_must_be_synchronous(bot_project):
+    (bot_project / "async-storage.py").write_text(
+        BOT_FILE.replace("def create_file_storage", "async def create_file_storage")
+    )
+    with pytest.raises(TypeError, match="synchronous"):
+        load_bot(f"{bot_project}/async-storage.py")
 
 
 def test_load_bot_lets_a_missing_module_raise_its_import_error():
