@@ -1,7 +1,9 @@
 """What a bot imports: Pipecat's SmallWebRTC transport API, served by this host.
 
-Change ``from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport``
-to ``from transport import SmallWebRTCTransport`` and the bot runs on a worker.
+A bot gets these classes from ``from transport import SmallWebRTCTransport``, or
+unchanged from Pipecat (``create_transport()``, or
+``from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport``):
+in a worker, Pipecat's names are these (``pipecat_modules``).
 
 Where each part lives: ``bot_transport`` (``SmallWebRTCTransport``, what a bot
 builds), ``processors`` (its input and output processors), ``client``

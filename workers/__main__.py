@@ -9,6 +9,7 @@ import sys
 import uvloop
 
 from engine.common.settings import configure_logging, settings_or_exit
+from transport import pipecat_modules
 from workers.worker import run_worker
 
 PROGRAM = "smallwebrtc-host worker"
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         curve_secret_key_file=args.curve_secret_key, curve_server_key_file=args.curve_server_key,
     )
     configure_logging(settings)
+    # Before the bot is imported: a bot that asks Pipecat for its SmallWebRTC transport gets this host's.
+    pipecat_modules.install()
     try:
         uvloop.run(run_worker(settings, args.engine, args.worker_id))
     except ValueError as e:
