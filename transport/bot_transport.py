@@ -2,9 +2,22 @@
 
 from typing import Any
 
-from pipecat.frames.frames import ClientConnectedFrame, OutputAudioRawFrame, OutputImageRawFrame, SpriteFrame
+from pipecat.frames.frames import (
+    ClientConnectedFrame,
+    OutputAudioRawFrame,
+    OutputImageRawFrame,
+    SpriteFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+# Pipecat's own classes, bound before a worker makes these names the host's (transport.pipecat_modules).
+from pipecat.transports.smallwebrtc.connection import (
+    SmallWebRTCConnection as PipecatSmallWebRTCConnection,
+)
+from pipecat.transports.smallwebrtc.transport import (
+    SmallWebRTCTransport as PipecatSmallWebRTCTransport,
+)
 from pipecat.transports.video_in_sampler import _capture_framerate
 from pipecat.utils.deprecation import warn_deprecated
 from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
@@ -33,7 +46,24 @@ class SmallWebRTCTransport(BaseTransport):
         @transport.event_handler("on_client_connected")
         async def on_client_connected(transport, client):
             ...
+
+    Given Pipecat's own ``SmallWebRTCConnection`` (a bot run by Pipecat's
+    runner, ``python bot.py -t webrtc``, whose peer is in the bot's process),
+    it builds Pipecat's own ``SmallWebRTCTransport`` instead: the same bot runs
+    there and on this host.
     """
+
+    def __new__(
+        cls,
+        webrtc_connection: SmallWebRTCConnection | PipecatSmallWebRTCConnection,
+        params: TransportParams,
+        input_name: str | None = None,
+        output_name: str | None = None,
+    ):
+        """This host's transport, or Pipecat's for a connection of Pipecat's."""
+        if isinstance(webrtc_connection, PipecatSmallWebRTCConnection):
+            return PipecatSmallWebRTCTransport(webrtc_connection, params, input_name, output_name)
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -10,6 +10,8 @@ from pipecat.frames.frames import (
     OutputAudioRawFrame,
 )
 from pipecat.transports.base_transport import TransportParams, VideoInSourceParams
+from pipecat.transports.smallwebrtc import connection as pipecat_connection
+from pipecat.transports.smallwebrtc import transport as pipecat_transport
 
 from engine.common.protocol import AudioOut, MediaCaptureSet, MediaSource
 from tests.support.link import DUE_S, next_sent
@@ -97,3 +99,14 @@ async def test_audio_sent_through_the_transport_reaches_the_engine():
         message, [packet] = await next_sent(outbox, AudioOut)
 
     assert message.seq == 1 and packet
+
+
+async def test_on_pipecats_own_connection_it_is_pipecats_own_transport():
+    # Pipecat's runner (`python bot.py -t webrtc`) gives the bot Pipecat's connection, a peer in the bot's process.
+    connection = pipecat_connection.SmallWebRTCConnection(ice_servers=[])
+    try:
+        bot_transport = SmallWebRTCTransport(webrtc_connection=connection, params=TransportParams(audio_in_enabled=True))
+        assert type(bot_transport) is pipecat_transport.SmallWebRTCTransport
+        assert type(bot_transport.input()) is pipecat_transport.SmallWebRTCInputTransport
+    finally:
+        await connection.disconnect()
