@@ -182,7 +182,7 @@ async def test_a_bot_written_for_pipecats_runner(host):
     async with TestPeer(host.base_url, use_start=True) as peer:
         await peer.connect(request_data=body("runner"))
         hello = await peer.wait_for_message(lambda m: "session_id" in m)
-        assert hello == {"body": body("runner"), "session_id": peer.session_id}
+        assert hello == {"body": body("runner"), "session_id": peer.session_id, "transport": "transport.bot_transport"}
         audio = await peer.wait_for_audio(1.0)
         assert abs(dominant_frequency(audio, 48000) - 440) < 5
         frames = await peer.wait_for_video_frames(5)

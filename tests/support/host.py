@@ -39,13 +39,14 @@ class HostProcess:
     log with ``log()``, stop it with ``stop()`` (SIGTERM, then SIGKILL).
     """
 
-    def __init__(self, workers: int = 2, *extra_args: str, env: dict | None = None):
+    def __init__(self, workers: int = 2, *extra_args: str, env: dict | None = None, cwd: Path = REPO):
         """Prepare the host.
 
         Args:
             workers: Local workers to start.
             *extra_args: More ``serve`` flags.
             env: Extra environment variables.
+            cwd: Where ``serve`` runs.
         """
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -57,13 +58,14 @@ class HostProcess:
             *extra_args,
         ]
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.cwd = cwd
         self._log = tempfile.NamedTemporaryFile(prefix="host-", suffix=".log", delete=False)
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> "HostProcess":
         """Start the host and wait until its workers have joined."""
         self.process = subprocess.Popen(
-            self._args, cwd=REPO, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
+            self._args, cwd=self.cwd, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout

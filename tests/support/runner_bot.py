@@ -1,8 +1,10 @@
 #
-# A bot written for Pipecat's development runner (`python bot.py -t webrtc`),
-# unchanged but for the import of SmallWebRTCTransport. It uses the runner's
-# documented pieces: RunnerArguments, PipelineTask, PipelineRunner, the
-# transport's client events, and the request body.
+# A bot written for Pipecat's development runner (`python runner_bot.py -t webrtc`),
+# unchanged but for the import of SmallWebRTCTransport: it runs on the host and
+# under Pipecat's runner alike. It uses the runner's documented pieces:
+# RunnerArguments, PipelineTask, PipelineRunner, the transport's client events,
+# and the request body. When the client connects it says which transport it
+# was given.
 #
 
 from loguru import logger
@@ -63,7 +65,9 @@ async def run_bot(webrtc_connection, runner_args: RunnerArguments):
     async def on_client_connected(transport, client):
         logger.info("Client connected")
         await transport.capture_participant_video(transport.get_client_id(client), framerate=30)
-        client.send_app_message({"body": runner_args.body, "session_id": runner_args.session_id})
+        client.send_app_message(
+            {"body": runner_args.body, "session_id": runner_args.session_id, "transport": type(transport).__module__}
+        )
 
     @transport.event_handler("on_client_disconnected")
     async def on_client_disconnected(transport, client):
@@ -77,3 +81,9 @@ async def run_bot(webrtc_connection, runner_args: RunnerArguments):
 async def bot(runner_args: RunnerArguments):
     """Main bot entry point, as Pipecat's runner calls it."""
     await run_bot(runner_args.webrtc_connection, runner_args)
+
+
+if __name__ == "__main__":
+    from pipecat.runner.run import main
+
+    main()
