@@ -14,8 +14,14 @@ from types import SimpleNamespace
 from typing import TypeVar
 
 import zmq
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceCandidate,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from aiortc.sdp import candidate_from_sdp
 
 from engine.common.link import Frames, Outbox
 from engine.common.protocol import FromEngine, SessionOpen, decode_from_engine
@@ -40,6 +46,28 @@ def loopback_only() -> Iterator[None]:
         yield
     finally:
         restrict_host_addresses([])
+
+
+def trickled(candidate: str) -> RTCIceCandidate:
+    """A candidate (``a=candidate:`` attribute's value) as the client PATCHes it, for the first media section."""
+    parsed = candidate_from_sdp(candidate)
+    parsed.sdpMid, parsed.sdpMLineIndex = "0", 0
+    return parsed
+
+
+def mdns_name(n: int) -> str:
+    """The ``n``-th mDNS host name of a test (a browser's are random UUIDs)."""
+    return f"00000000-0000-4000-8000-{n:012d}.local"
+
+
+def mdns_candidate(n: int, port: int = 9) -> RTCIceCandidate:
+    """A host candidate named by ``mdns_name(n)``, trickled."""
+    return trickled(f"{n} 1 udp 2122260223 {mdns_name(n)} {port} typ host")
+
+
+def without_end_of_candidates(sdp: str) -> str:
+    """An offer as a browser that trickles its candidates makes it: no end of candidates yet."""
+    return sdp.replace("a=end-of-candidates\r\n", "")
 
 
 def client_pc() -> RTCPeerConnection:
