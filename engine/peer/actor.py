@@ -354,6 +354,10 @@ class PeerActor:
         taken = self._remote_candidates | (fresh.keys() - {None})
         try:
             self._check_candidate_total(taken)
+            # aiortc refuses such a candidate when it is added; an mDNS one is
+            # added later, when no request could hear of it.
+            if any(c is not None and c.sdpMid is None and c.sdpMLineIndex is None for c in fresh.values()):
+                raise SignalingError("an ICE candidate needs an sdpMid or an sdpMLineIndex")
         except SignalingError as e:
             reply.set_exception(e)
             return

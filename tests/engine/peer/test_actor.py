@@ -308,6 +308,16 @@ async def test_a_name_answered_for_a_replaced_connection_is_not_added_to_its_suc
         await until(lambda: mdns_name(0) in remote_hosts(new))
 
 
+async def test_an_mdns_candidate_for_no_media_section_is_refused_with_its_request():
+    async with PeerRig() as rig:
+        await rig.connect(without_end_of_candidates)
+        unplaced = mdns_candidate(0)
+        unplaced.sdpMid = unplaced.sdpMLineIndex = None
+        with pytest.raises(SignalingError, match="needs an sdpMid or an sdpMLineIndex"):
+            await rig.actor.add_candidates([mdns_candidate(1), unplaced])
+        assert rig.mdns.asked == []
+
+
 async def test_lookups_are_cancelled_when_the_session_ends():
     async with PeerRig(mdns_resolve_timeout_s=60) as rig:
         await rig.connect(without_end_of_candidates)
