@@ -3,14 +3,20 @@
 aiortc decodes what it receives and encodes what it sends; the engine does
 neither (the workers do), and it drives receivers the bot does not read. Its
 public API has no way to say so, so these functions reach into its receivers,
-senders and transceivers. Nothing else in the engine touches a private member
-of aiortc: ``tests/engine/test_aiortc_seam.py`` checks that every member used
-here still exists on the aiortc version installed, and fails naming it.
+senders and transceivers. aioice resolves a peer's mDNS candidates where
+aiortc waits for them, so the engine resolves them itself, with aioice's
+mDNS protocol, and hands aioice the answers. Nothing else in the engine
+touches a private member of aiortc or aioice: ``tests/engine/test_aiortc_seam.py``
+checks that every member used here still exists on the versions installed,
+and fails naming it.
 """
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 
+import aioice.ice
 import aiortc.rtcsctptransport
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import get_encoder
@@ -176,3 +182,64 @@ def set_sctp_max_chunk_size(size: int) -> None:
     module global (Pipecat sets it the same way). See config/host.toml.
     """
     aiortc.rtcsctptransport.USERDATA_MAX_LENGTH = size
+
+
+# ---- mDNS candidates ----
+
+_aioice_mdns_protocol = aioice.ice.get_or_create_mdns_protocol
+_mdns_answers: ContextVar[Mapping[str, str] | None] = ContextVar("mdns_answers", default=None)
+
+
+class _AnsweredNames:
+    """Stands in aioice's mDNS protocol while the engine adds candidates: it answers from a table, at once."""
+
+    def __init__(self, names: Mapping[str, str]):
+        self._names = names
+
+    async def resolve(self, hostname: str, timeout: float | None = None) -> str | None:
+        return self._names.get(hostname)
+
+
+async def _answered_or_aioice_mdns_protocol(subscriber: object):
+    names = _mdns_answers.get()
+    if names is None:
+        return await _aioice_mdns_protocol(subscriber)
+    return _AnsweredNames(names)
+
+
+@contextlib.contextmanager
+def mdns_answered_from(names: Mapping[str, str]) -> Iterator[None]:
+    """Within, aioice takes a remote mDNS candidate's address from ``names`` at once instead of asking the network.
+
+    aioice resolves a ``.local`` candidate while it is being added (up to a
+    second a name), and aiortc's ``addIceCandidate`` and ``setRemoteDescription``
+    wait for it: the peer's actor would stall. The engine resolves the names
+    off the actor (``engine/peer/mdns.py``) and adds each candidate once its
+    name is in ``names``; a name that is not is dropped at once, never asked
+    for. aioice still keeps the name as the candidate's host and pairs it as
+    an mDNS candidate (never with a relay), as it does with a name it resolved
+    itself. Only this task is affected, and the tasks it starts within.
+    """
+    # aioice looks its protocol up as a module global each time it resolves a
+    # name; the stand-in stays, and outside a ``with`` it is aioice's own.
+    aioice.ice.get_or_create_mdns_protocol = _answered_or_aioice_mdns_protocol
+    token = _mdns_answers.set(names)
+    try:
+        yield
+    finally:
+        _mdns_answers.reset(token)
+
+
+async def ask_network_mdns(name: str) -> str | None:
+    """Ask the local network for the address of the mDNS host ``name`` (None when no one answers); waits as long as its caller does.
+
+    The query goes out on aioice's mDNS protocol, the one socket on port 5353
+    this process shares with aioice's connections; it is opened for the first
+    name asked for and closed when no one is asking any more.
+    """
+    asker = object()
+    try:
+        protocol = await _aioice_mdns_protocol(asker)
+        return await protocol.resolve(name, timeout=None)
+    finally:
+        await aioice.ice.unref_mdns_protocol(asker)

@@ -174,6 +174,7 @@ class HostSettings(BaseSettings):
     max_media_sections: int = Field(8, ge=1, le=1000)
     max_candidates_per_request: int = Field(50, ge=1)
     max_candidates_per_peer: int = Field(200, ge=1)
+    mdns_resolve_timeout_s: float = Field(1.0, gt=0)
     start_session_ttl_s: float = Field(300.0, gt=0)
     start_rate_per_minute: int = Field(60, ge=0)
     max_data_channel_message_bytes: int = Field(64 * 1024, ge=1024)

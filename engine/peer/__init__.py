@@ -8,8 +8,10 @@ the worker that runs the session's bot.
 
 ``actor`` is the mailbox loop with signaling and the session's life;
 ``data_channel`` the peer's "chat" channel; ``media`` the peer's media to the
-bot and the bot's to the peer. The parts are plain objects the actor calls from
-its one task, and ``session`` holds what they all read.
+bot and the bot's to the peer; ``mdns`` the peer's mDNS candidates, whose
+names it resolves in tasks of their own, their answers posted to the mailbox.
+The parts are plain objects the actor calls from its one task, and
+``session`` holds what they all read.
 """
 
 from engine.peer.actor import PeerActor, SignalingError

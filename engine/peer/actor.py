@@ -10,18 +10,20 @@ the session.
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiortc import (
     RTCBundlePolicy,
     RTCConfiguration,
+    RTCIceCandidate,
     RTCPeerConnection,
     RTCSessionDescription,
 )
 from aiortc.sdp import SessionDescription, candidate_to_sdp
 
+from engine.aiortc_seam import ask_network_mdns, mdns_answered_from
 from engine.common.mailbox import Mailbox
 from engine.common.protocol import (
     VIDEO_QUEUE_FRAMES,
@@ -51,8 +53,10 @@ from engine.peer.events import (
     DataChannelMessage,
     DataChannelOpened,
     LivenessTick,
+    MdnsNameResolved,
     PcEvent,
 )
+from engine.peer.mdns import MdnsLookup, MdnsResolver, take_mdns_out_of_offer
 from engine.peer.media import PeerMedia
 from engine.peer.session import PeerSession
 from engine.registry import WorkerHandle
@@ -117,6 +121,7 @@ class PeerActor:
         on_ended: Callable[["PeerActor"], None],
         *,
         pc_factory: Callable[[RTCConfiguration], RTCPeerConnection] = RTCPeerConnection,
+        mdns_lookup: MdnsLookup = ask_network_mdns,
     ):
         """Initialize the actor; ``run()`` must be started to serve it.
 
@@ -128,6 +133,7 @@ class PeerActor:
             metrics: Where frames and outcomes are counted.
             on_ended: Called once when the session has ended.
             pc_factory: Makes each peer connection (the first, and one per restart).
+            mdns_lookup: Resolves the mDNS names of the peer's candidates (off the actor).
         """
         self.pc_id = opening.session_id
         self.opening = opening
@@ -156,6 +162,7 @@ class PeerActor:
         self._ended = False
         # The distinct remote candidates the current peer connection has taken (in its offers or trickled).
         self._remote_candidates: set[str] = set()
+        self._mdns = MdnsResolver(self._session, self.mailbox.put, mdns_lookup, settings.mdns_resolve_timeout_s)
 
     @property
     def worker(self) -> WorkerHandle:
@@ -257,6 +264,8 @@ class PeerActor:
             case _WorkerMessage(message, payload):
                 await self._handle_worker_message(message, payload)
             # What a replaced or closed peer connection still reports is for nothing.
+            case MdnsNameResolved(pc=pc) if pc is self._session.pc:
+                await self._add_candidates(pc, self._mdns.resolved(item))
             case PcEvent(pc=pc) if pc is self._session.pc:
                 await self._handle_pc_event(item)
             case Offer():
@@ -316,11 +325,15 @@ class PeerActor:
             await self._close_pc()
             self._new_pc()
         pc = self._session.pc
+        sdp, later = take_mdns_out_of_offer(offer.sdp, media)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type=offer.type))
+            # Should an mDNS name be left in it, aioice answers it from what is resolved, never from the network.
+            with mdns_answered_from(self._mdns.answers):
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=offer.type))
         except Exception as e:
             raise SignalingError(f"invalid offer SDP: {e}") from e
         self._remote_candidates = offered | (set() if new_pc else self._remote_candidates)
+        await self._add_candidates(pc, later)
         self._media.prepare(pc.getTransceivers())
         await pc.setLocalDescription(await pc.createAnswer())
         self._media.answered()
@@ -341,13 +354,24 @@ class PeerActor:
         taken = self._remote_candidates | (fresh.keys() - {None})
         try:
             self._check_candidate_total(taken)
+            # aiortc refuses such a candidate when it is added; an mDNS one is
+            # added later, when no request could hear of it.
+            if any(c is not None and c.sdpMid is None and c.sdpMLineIndex is None for c in fresh.values()):
+                raise SignalingError("an ICE candidate needs an sdpMid or an sdpMLineIndex")
         except SignalingError as e:
             reply.set_exception(e)
             return
-        for candidate in fresh.values():
-            await pc.addIceCandidate(candidate)
+        await self._add_candidates(pc, fresh.values())
         self._remote_candidates = taken
         reply.set_result(None)
+
+    async def _add_candidates(self, pc: RTCPeerConnection, candidates: Iterable[RTCIceCandidate | None]) -> None:
+        # The resolver keeps what must wait for an mDNS name; aioice takes the
+        # names already resolved from its table rather than asking the network.
+        with mdns_answered_from(self._mdns.answers):
+            for candidate in candidates:
+                if self._mdns.take(candidate):
+                    await pc.addIceCandidate(candidate)
 
     def _check_candidate_total(self, candidates: set[str]) -> None:
         if len(candidates) > self._settings.max_candidates_per_peer:
@@ -479,6 +503,7 @@ class PeerActor:
 
     async def _close_pc(self) -> None:
         self._media.stop_forwarding()
+        self._mdns.forget()
         pc, self._session.pc = self._session.pc, None
         self._channel.forget()
         if pc is not None:

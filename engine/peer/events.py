@@ -1,4 +1,4 @@
-"""What aiortc and the actor's timers post to a peer's mailbox, each about one peer connection.
+"""What aiortc, the actor's timers and its mDNS resolver post to a peer's mailbox, each about one peer connection.
 
 Each event names the peer connection it is about: a restart replaces the
 connection under the same pc_id, and the actor ignores what an old one still
@@ -51,3 +51,11 @@ class DataChannelMessage(PcEvent):
 @dataclass(frozen=True)
 class DataChannelDeadline(PcEvent):
     """The data channel's timer: the connection has been up for the data channel timeout."""
+
+
+@dataclass(frozen=True)
+class MdnsNameResolved(PcEvent):
+    """The mDNS resolver: a name of the connection's candidates resolved (None: no answer)."""
+
+    name: str
+    address: str | None

@@ -1,28 +1,42 @@
-"""The engine's reach into aiortc's private state: every member it uses is still there, and each reach still works.
+"""The engine's reach into aiortc's and aioice's private state: every member it uses is still there, and each reach still works.
 
-When an aiortc upgrade renames or reshapes one of them, the first test fails
-naming the member and the aiortc version; the others show what the engine
-gets from each: frames handed on undecoded (and still decodable in the
-worker), a receiver that still stops cleanly, the peer's feedback on the bot's video.
+When an aiortc or aioice upgrade renames or reshapes one of them, the first
+test fails naming the member and the versions; the others show what the
+engine gets from each: frames handed on undecoded (and still decodable in the
+worker), a receiver that still stops cleanly, the peer's feedback on the bot's
+video, mDNS candidates added with the address the engine resolved.
 """
 
 import asyncio
 import inspect
 import queue
 import threading
+from importlib.metadata import version
 
+import aioice.ice
+import aioice.mdns
 import aiortc
 import aiortc.rtcsctptransport
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
 
-from engine.aiortc_seam import forward_sender_feedback, tap_encoded_frames
+from engine.aiortc_seam import (
+    forward_sender_feedback,
+    mdns_answered_from,
+    tap_encoded_frames,
+)
 from engine.tracks import EncodedVideoTrack
-from tests.support.peers import client_pc, loopback_only
+from tests.support.peers import (
+    client_pc,
+    loopback_only,
+    mdns_candidate,
+    mdns_name,
+    without_end_of_candidates,
+)
 from transport.media.codecs import MediaDecoder, is_keyframe
 
 _MISSING = object()
@@ -85,6 +99,19 @@ async def test_every_private_member_the_seam_uses_is_there(loopback):
         ),
         (JitterBuffer, "__init__", lambda m: {"capacity", "is_video"} <= set(inspect.signature(m).parameters), "JitterBuffer(capacity, is_video)"),
         (aiortc.rtcsctptransport, "USERDATA_MAX_LENGTH", lambda m: isinstance(m, int), "an int, the SCTP chunk size"),
+        (
+            aioice.ice,
+            "get_or_create_mdns_protocol",
+            method_taking("subscriber", coroutine=True),
+            "async get_or_create_mdns_protocol(subscriber)",
+        ),
+        (aioice.ice, "unref_mdns_protocol", method_taking("subscriber", coroutine=True), "async unref_mdns_protocol(subscriber)"),
+        (
+            aioice.mdns.MDnsProtocol,
+            "resolve",
+            method_taking("self", "hostname", "timeout", coroutine=True),
+            "async resolve(hostname, timeout)",
+        ),
     ]
     try:
         wrong = []
@@ -93,7 +120,8 @@ async def test_every_private_member_the_seam_uses_is_there(loopback):
             if member is _MISSING or not is_expected(member):
                 owner_name = getattr(owner, "__name__", type(owner).__name__)
                 wrong.append(f"{owner_name}.{name}: expected {kind}, found {'nothing' if member is _MISSING else repr(member)}")
-        assert not wrong, f"aiortc {aiortc.__version__} changed what engine/aiortc_seam.py reaches into:\n" + "\n".join(wrong)
+        versions = f"aiortc {aiortc.__version__} / aioice {version('aioice')}"
+        assert not wrong, f"{versions} changed what engine/aiortc_seam.py reaches into:\n" + "\n".join(wrong)
     finally:
         await sender.close()
         await receiver.close()
@@ -164,3 +192,23 @@ async def test_sender_feedback_reaches_the_bot_encoder():
     assert keyframes == [1]
     assert bitrates == [1_200_000]
     await pc.close()
+
+
+async def test_mdns_candidates_are_added_at_once_with_the_address_the_engine_resolved(loopback):
+    sender, receiver = client_pc(), client_pc()
+    sender.createDataChannel("chat")
+    await sender.setLocalDescription(await sender.createOffer())
+    await receiver.setRemoteDescription(RTCSessionDescription(without_end_of_candidates(sender.localDescription.sdp), "offer"))
+    try:
+        with mdns_answered_from({mdns_name(0): "127.0.0.1"}):
+            adds = [asyncio.create_task(receiver.addIceCandidate(mdns_candidate(n))) for n in (0, 1)]
+        await asyncio.sleep(0)
+        # Both were done in their first step: neither waited for the network.
+        assert all(add.done() for add in adds)
+        # aioice keeps the name as the host and reaches it at the address; the unanswered name is dropped.
+        connection = receiver.sctp.transport.transport._connection
+        named = [(c.host, c._network_host) for c in connection.remote_candidates if c.host.endswith(".local")]
+        assert named == [(mdns_name(0), "127.0.0.1")]
+    finally:
+        await sender.close()
+        await receiver.close()

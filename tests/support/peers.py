@@ -3,7 +3,8 @@
 ``PeerRig`` runs a ``PeerActor`` for one ``ClientPeer`` (the browser's side,
 a real aiortc peer connection) with a ``TestWorker`` in place of the worker
 process: a real ``WorkerHandle`` and ``Outbox``, pumped into a list the test
-reads. Everything stays on 127.0.0.1 and no ICE server is ever asked.
+reads, and ``MdnsResponders`` in place of the network's mDNS responders.
+Everything stays on 127.0.0.1 and no ICE server is ever asked.
 """
 
 import asyncio
@@ -14,8 +15,14 @@ from types import SimpleNamespace
 from typing import TypeVar
 
 import zmq
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCIceCandidate,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from aiortc.sdp import candidate_from_sdp
 
 from engine.common.link import Frames, Outbox
 from engine.common.protocol import FromEngine, SessionOpen, decode_from_engine
@@ -40,6 +47,28 @@ def loopback_only() -> Iterator[None]:
         yield
     finally:
         restrict_host_addresses([])
+
+
+def trickled(candidate: str) -> RTCIceCandidate:
+    """A candidate (``a=candidate:`` attribute's value) as the client PATCHes it, for the first media section."""
+    parsed = candidate_from_sdp(candidate)
+    parsed.sdpMid, parsed.sdpMLineIndex = "0", 0
+    return parsed
+
+
+def mdns_name(n: int) -> str:
+    """The ``n``-th mDNS host name of a test (a browser's are random UUIDs)."""
+    return f"00000000-0000-4000-8000-{n:012d}.local"
+
+
+def mdns_candidate(n: int, port: int = 9) -> RTCIceCandidate:
+    """A host candidate named by ``mdns_name(n)``, trickled."""
+    return trickled(f"{n} 1 udp 2122260223 {mdns_name(n)} {port} typ host")
+
+
+def without_end_of_candidates(sdp: str) -> str:
+    """An offer as a browser that trickles its candidates makes it: no end of candidates yet."""
+    return sdp.replace("a=end-of-candidates\r\n", "")
 
 
 def client_pc() -> RTCPeerConnection:
@@ -96,6 +125,48 @@ class TestWorker:
         return found
 
 
+class MdnsResponders:
+    """The mDNS responders of a peer's network, as an actor's ``mdns_lookup`` asks them.
+
+    A name is answered once the test ``publish``es it, and until then its
+    lookup waits, as on a network where no one answers, until the asker gives up.
+
+    Attributes:
+        asked: The names looked up, in order.
+        pending: The names being looked up now.
+        cancelled: The names whose lookup the asker cancelled.
+    """
+
+    def __init__(self):
+        """Initialize the responders: no name is published."""
+        self.asked: list[str] = []
+        self.pending: set[str] = set()
+        self.cancelled: list[str] = []
+        self._answers: dict[str, asyncio.Future] = {}
+
+    def publish(self, name: str, address: str) -> None:
+        """Have ``name`` answered with ``address``, now and from now on."""
+        answer = self._answer(name)
+        if not answer.done():
+            answer.set_result(address)
+
+    async def lookup(self, name: str) -> str | None:
+        """Ask for ``name``; return its address once it is published."""
+        self.asked.append(name)
+        self.pending.add(name)
+        try:
+            # Shielded: a lookup given up does not unpublish the name for the others.
+            return await asyncio.shield(self._answer(name))
+        except asyncio.CancelledError:
+            self.cancelled.append(name)
+            raise
+        finally:
+            self.pending.discard(name)
+
+    def _answer(self, name: str) -> asyncio.Future:
+        return self._answers.setdefault(name, asyncio.get_running_loop().create_future())
+
+
 class ClientPeer:
     """The browser's side: the contract's three transceivers (0 audio, 1 camera, 2 screen share) and a "chat" channel."""
 
@@ -127,19 +198,25 @@ class ClientPeer:
         self.received.append(message)
         self._arrived.set()
 
-    async def negotiate(self, actor: PeerActor, restart_pc: bool = False) -> dict:
-        """Offer to ``actor`` and apply its answer; return the answer."""
+    async def negotiate(self, actor: PeerActor, restart_pc: bool = False, rewrite: Callable[[str], str] = str) -> dict:
+        """Offer to ``actor`` and apply its answer; return the answer.
+
+        Args:
+            actor: The actor offered to.
+            restart_pc: Offer a new peer connection under the same pc_id.
+            rewrite: What the offer's SDP becomes on its way (what a browser offers differently).
+        """
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = self.pc.localDescription
-        answer = await actor.offer(offer.sdp, offer.type, restart_pc)
+        answer = await actor.offer(rewrite(offer.sdp), offer.type, restart_pc)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         return answer
 
-    async def restart(self, actor: PeerActor) -> dict:
+    async def restart(self, actor: PeerActor, rewrite: Callable[[str], str] = str) -> dict:
         """Replace the peer connection, as the web client does after a failure, and offer the new one with ``restart_pc``."""
         await self.pc.close()
         self._new_pc()
-        return await self.negotiate(actor, restart_pc=True)
+        return await self.negotiate(actor, restart_pc=True, rewrite=rewrite)
 
     async def close(self) -> None:
         """Close the peer connection."""
@@ -175,6 +252,7 @@ class PeerRig:
         client: The browser's side.
         worker: The worker that runs the session's bot.
         made: The configuration and peer connection of each ``pc_factory`` call.
+        mdns: The mDNS responders the actor's lookups ask.
         ended: The actor, once its session has ended (``on_ended``).
         metrics: The metrics it counts in.
     """
@@ -192,6 +270,7 @@ class PeerRig:
         self._settings = HostSettings(ice_servers=[], **settings)
         self.worker = TestWorker("worker-1")
         self.made: list[tuple[RTCConfiguration, RTCPeerConnection]] = []
+        self.mdns = MdnsResponders()
         self.ended: list[PeerActor] = []
         # The gauges read the engine at scrape time: this stand-in has one live peer and no worker.
         no_engine = SimpleNamespace(live_peer_count=lambda: 1, draining=False, loop_lag_ms=0.0, registry=[])
@@ -205,7 +284,13 @@ class PeerRig:
         self._stack.push_async_callback(self.client.close)
         opening = SessionOpen(PC_ID, runner_session_id="runner-1")
         self.actor = PeerActor(
-            opening, self._settings, self.worker.handle, self.metrics, self.ended.append, pc_factory=self._make_pc
+            opening,
+            self._settings,
+            self.worker.handle,
+            self.metrics,
+            self.ended.append,
+            pc_factory=self._make_pc,
+            mdns_lookup=self.mdns.lookup,
         )
         self._stack.push_async_callback(self._stop_actor, asyncio.create_task(self.actor.run()))
         return self
@@ -223,9 +308,9 @@ class PeerRig:
         async with asyncio.timeout(WAIT_S):
             await run
 
-    async def connect(self) -> dict:
-        """Negotiate and wait for the data channel to open; return the answer."""
-        answer = await self.client.negotiate(self.actor)
+    async def connect(self, rewrite: Callable[[str], str] = str) -> dict:
+        """Negotiate (``rewrite`` as ``ClientPeer.negotiate`` takes it) and wait for the data channel to open; return the answer."""
+        answer = await self.client.negotiate(self.actor, rewrite=rewrite)
         await self.client.wait_until_open()
         return answer
 

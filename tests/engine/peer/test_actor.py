@@ -1,7 +1,7 @@
-"""The peer's actor: offers and candidates, the session's life, liveness, a move to another worker, the end."""
+"""The peer's actor: offers and candidates (mDNS ones off the actor), the session's life, liveness, a move to another worker, the end."""
 
 import pytest
-from aiortc import RTCBundlePolicy, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from engine.common.mailbox import MailboxOverflow
@@ -10,12 +10,24 @@ from engine.common.protocol import (
     SessionClose,
     SessionConnect,
     SessionOpen,
+    TrackStatusChange,
 )
 from engine.common.settings import HostSettings
 from engine.metrics import SessionOutcome
 from engine.peer import PeerActor, SignalingError
+from engine.peer.events import MdnsNameResolved
+from engine.peer.mdns import MDNS_NAMES_PER_PC, MDNS_RESOLUTIONS_AT_ONCE
 from tests.support.link import until
-from tests.support.peers import PC_ID, PeerRig, TestWorker
+from tests.support.logs import warnings_logged
+from tests.support.peers import (
+    PC_ID,
+    PeerRig,
+    TestWorker,
+    mdns_candidate,
+    mdns_name,
+    trickled,
+    without_end_of_candidates,
+)
 
 
 def loopback_candidate():
@@ -203,3 +215,116 @@ async def test_close_and_move_get_through_a_mailbox_that_is_full():
         while (item := actor.mailbox.get_nowait()) is not None:
             queued.append(type(item).__name__)
         assert queued[-2:] == ["_MoveTo", "Close"]
+
+
+# ---- mDNS candidates: resolved off the actor ----
+
+
+def remote_hosts(pc: RTCPeerConnection) -> set[str]:
+    """The hosts of the remote candidates the connection's (bundled) ICE transport has taken; mDNS ones keep their name."""
+    return {c.ip for c in pc.getTransceivers()[0].receiver.transport.transport.getRemoteCandidates()}
+
+
+async def test_mdns_candidates_no_one_answers_do_not_stall_the_actor():
+    async with PeerRig(mdns_resolve_timeout_s=60) as rig:
+        await rig.connect(without_end_of_candidates)
+        [(_, pc)] = rig.made
+        unanswered = [mdns_candidate(n) for n in range(50)]
+        await rig.actor.add_candidates(unanswered)
+        # The PATCH is answered while the names are looked up, a few at a time.
+        names = [mdns_name(n) for n in range(50)]
+        assert rig.mdns.pending == set(names[:MDNS_RESOLUTIONS_AT_ONCE])
+
+        # Meanwhile the actor serves the data channel, another PATCH and a renegotiation.
+        rig.client.send_signalling({"type": "trackStatus", "receiver_index": 1, "enabled": False})
+        await rig.worker.wait_for(TrackStatusChange)
+        await rig.actor.add_candidates([trickled("1 1 udp 2130706431 127.0.0.1 9 typ host")])
+        assert (await rig.client.negotiate(rig.actor, rewrite=without_end_of_candidates))["pc_id"] == PC_ID
+        assert "127.0.0.1" in remote_hosts(pc)
+        assert rig.mdns.asked == names[:MDNS_RESOLUTIONS_AT_ONCE]
+        assert rig.mdns.pending == set(names[:MDNS_RESOLUTIONS_AT_ONCE])
+
+
+async def test_an_answered_name_adds_its_candidates_and_past_the_bound_names_are_dropped_with_one_line():
+    names = [mdns_name(n) for n in range(MDNS_NAMES_PER_PC + 4)]
+    with warnings_logged() as records:
+        async with PeerRig() as rig:
+            await rig.connect(without_end_of_candidates)
+            [(_, pc)] = rig.made
+            for name in names:
+                rig.mdns.publish(name, "127.0.0.1")
+            await rig.actor.add_candidates([mdns_candidate(n, port=20000 + n) for n in range(len(names))])
+            await until(lambda: remote_hosts(pc) >= set(names[:MDNS_NAMES_PER_PC]))
+            assert rig.mdns.asked == names[:MDNS_NAMES_PER_PC]
+            assert not remote_hosts(pc) & set(names[MDNS_NAMES_PER_PC:])
+            assert pc.connectionState == "connected"
+    [record] = [r for r in records if "mDNS" in r["message"]]
+    assert f"more than {MDNS_NAMES_PER_PC} mDNS names for one peer connection" in record["message"]
+
+
+async def test_an_offers_mdns_candidates_are_resolved_after_its_answer_and_its_end_of_candidates_waits_for_them():
+    named = "".join(f"a=candidate:{n} 1 udp 2122260223 {mdns_name(n)} {20000 + n} typ host\r\n" for n in (0, 1))
+
+    def with_mdns_candidates(sdp: str) -> str:
+        # The offer keeps its end of candidates: it must wait for the names.
+        return sdp.replace("a=mid:0\r\n", "a=mid:0\r\n" + named)
+
+    async with PeerRig(mdns_resolve_timeout_s=60) as rig:
+        await rig.connect(with_mdns_candidates)
+        [(_, pc)] = rig.made
+        assert rig.mdns.pending == {mdns_name(0), mdns_name(1)}
+        assert mdns_name(0) not in remote_hosts(pc)
+
+        # Had the end of candidates been applied, aiortc would ignore these.
+        rig.mdns.publish(mdns_name(0), "127.0.0.1")
+        await until(lambda: mdns_name(0) in remote_hosts(pc))
+        rig.mdns.publish(mdns_name(1), "127.0.0.1")
+        await until(lambda: mdns_name(1) in remote_hosts(pc))
+        # Now it is: a later candidate is ignored, and a later name not even asked for.
+        await rig.actor.add_candidates([trickled("1 1 udp 2130706431 127.0.0.2 9 typ host"), mdns_candidate(2)])
+        assert "127.0.0.2" not in remote_hosts(pc)
+        assert rig.mdns.asked == [mdns_name(0), mdns_name(1)]
+
+
+async def test_a_name_answered_for_a_replaced_connection_is_not_added_to_its_successor():
+    async with PeerRig(mdns_resolve_timeout_s=60) as rig:
+        await rig.connect(without_end_of_candidates)
+        await rig.actor.add_candidates([mdns_candidate(0)])
+        await until(lambda: rig.mdns.pending == {mdns_name(0)})
+        await rig.client.restart(rig.actor, rewrite=without_end_of_candidates)
+        (_, old), (_, new) = rig.made
+        # The restart cancelled the old connection's lookup.
+        await until(lambda: rig.mdns.cancelled == [mdns_name(0)])
+
+        # The new connection asks for the same name; an answer meant for the old one arrives first.
+        await rig.actor.add_candidates([mdns_candidate(0)])
+        await until(lambda: rig.mdns.pending == {mdns_name(0)})
+        rig.actor.mailbox.put(MdnsNameResolved(old, mdns_name(0), "127.0.0.9"))
+        await rig.actor.add_candidates([])
+        assert mdns_name(0) not in remote_hosts(new)
+        assert rig.mdns.pending == {mdns_name(0)}
+
+        rig.mdns.publish(mdns_name(0), "127.0.0.1")
+        await until(lambda: mdns_name(0) in remote_hosts(new))
+
+
+async def test_an_mdns_candidate_for_no_media_section_is_refused_with_its_request():
+    async with PeerRig() as rig:
+        await rig.connect(without_end_of_candidates)
+        unplaced = mdns_candidate(0)
+        unplaced.sdpMid = unplaced.sdpMLineIndex = None
+        with pytest.raises(SignalingError, match="needs an sdpMid or an sdpMLineIndex"):
+            await rig.actor.add_candidates([mdns_candidate(1), unplaced])
+        assert rig.mdns.asked == []
+
+
+async def test_lookups_are_cancelled_when_the_session_ends():
+    async with PeerRig(mdns_resolve_timeout_s=60) as rig:
+        await rig.connect(without_end_of_candidates)
+        await rig.actor.add_candidates([mdns_candidate(n) for n in range(MDNS_RESOLUTIONS_AT_ONCE + 2)])
+        await until(lambda: len(rig.mdns.pending) == MDNS_RESOLUTIONS_AT_ONCE)
+        rig.actor.close("test over", SessionOutcome.HOST_STOPPED)
+        await until(lambda: rig.actor.ended)
+        await until(lambda: len(rig.mdns.cancelled) == MDNS_RESOLUTIONS_AT_ONCE)
+        assert rig.mdns.pending == set()
+        assert len(rig.mdns.asked) == MDNS_RESOLUTIONS_AT_ONCE

@@ -3,9 +3,6 @@
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
-
-from loguru import logger
 
 from engine.common.protocol import (
     AppMessageIn,
@@ -16,6 +13,7 @@ from engine.common.protocol import (
     TrackStatusChange,
 )
 from engine.peer.data_channel import MAX_OUTGOING_QUEUE
+from tests.support.logs import warnings_logged
 from tests.support.peers import PC_ID, PeerRig
 
 
@@ -105,17 +103,6 @@ async def test_a_renegotiation_is_asked_for_once_while_one_is_under_way():
         rig.from_bot(AppMessageOut(PC_ID, marker))
         await rig.client.wait_for(lambda received: marker in received)
         assert rig.client.signalling() == [{"type": "renegotiate"}]
-
-
-@contextlib.contextmanager
-def warnings_logged() -> Iterator[list]:
-    """The log records of WARNING and above while inside."""
-    records: list = []
-    sink = logger.add(lambda message: records.append(message.record), level="WARNING")
-    try:
-        yield records
-    finally:
-        logger.remove(sink)
 
 
 async def test_oversized_binary_deep_and_malformed_messages_are_ignored_with_one_line_each():

@@ -10,7 +10,7 @@ from tests.support.peers import PeerRig
 
 def test_every_event_is_a_frozen_record_about_one_peer_connection():
     events = PcEvent.__subclasses__()
-    assert len(events) == 6
+    assert len(events) == 7
     for event in events:
         assert dataclasses.fields(event)[0].name == "pc"
         assert event.__dataclass_params__.frozen
