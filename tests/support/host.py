@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
+
 from tests.support.client import TestPeer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,6 +32,22 @@ def get_json(url: str, timeout: float = 5.0, token: str = ""):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
         return json.load(response)
+
+
+async def request(method: str, url: str, **kwargs) -> tuple[int, object]:
+    """One HTTP request (aiohttp's arguments): its status and its body, as JSON when it is JSON."""
+    status, _, body = await request_with_headers(method, url, **kwargs)
+    return status, body
+
+
+async def request_with_headers(method: str, url: str, **kwargs) -> tuple[int, dict[str, str], object]:
+    """``request``, with the response's headers too."""
+    async with aiohttp.ClientSession() as http, http.request(method, url, **kwargs) as response:
+        try:
+            body = await response.json(content_type=None)
+        except ValueError:
+            body = await response.text()
+        return response.status, dict(response.headers), body
 
 
 class HostProcess:
