@@ -204,8 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the chosen command."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:
-        # A worker is a program of its own: the engine's code never imports it.
-        os.execv(sys.executable, [sys.executable, "-m", "workers", *argv[1:]])
+        # A worker is a program of its own: the engine's code never imports it. -P: see LocalWorkers.
+        os.execv(sys.executable, [sys.executable, "-P", "-m", "workers", *argv[1:]])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         log_level = VERBOSE_LOG_LEVELS[min(args.verbose, len(VERBOSE_LOG_LEVELS)) - 1] if args.verbose else args.log_level

@@ -37,7 +37,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "config" / "host.toml"
+# config/host.toml, shipped in the package (a link to it in a checkout) so an installed host finds it too.
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().with_name("host.toml")
 # The environment variables of Pipecat's development runner (and transport) that set an option here.
 PIPECAT_VARIABLES = {
     "PIPECAT_ICE_SERVERS": "ice_servers",

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -57,19 +58,29 @@ class HostProcess:
     log with ``log()``, stop it with ``stop()`` (SIGTERM, then SIGKILL).
     """
 
-    def __init__(self, workers: int = 2, *extra_args: str, env: dict | None = None):
+    def __init__(
+        self,
+        workers: int = 2,
+        *extra_args: str,
+        env: dict | None = None,
+        program: Sequence[str] = (sys.executable, "-m", "engine.cli"),
+        cwd: Path = REPO,
+    ):
         """Prepare the host.
 
         Args:
             workers: Local workers to start.
             *extra_args: More ``serve`` flags.
             env: Extra environment variables.
+            program: How to run ``smallwebrtc-host`` (e.g. an installed console script).
+            cwd: The directory it runs from.
         """
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
+        self._cwd = cwd
         self._args = [
-            sys.executable, "-m", "engine.cli", "serve",
+            *program, "serve",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", str(workers), "--ice-host-addresses", "127.0.0.1",
             *extra_args,
@@ -81,7 +92,7 @@ class HostProcess:
     def start(self, timeout: float = 30.0) -> "HostProcess":
         """Start the host and wait until its workers have joined."""
         self.process = subprocess.Popen(
-            self._args, cwd=REPO, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
+            self._args, cwd=self._cwd, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
