@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.client import TestPeer
+from tests.support.deployment import copied_sources
 from tests.support.host import REPO, SMALL_VIDEO, HostProcess, request
 
 CONSOLE_SCRIPT = Path(sys.executable).with_name("smallwebrtc-host")
-# What the package is built from.
-PACKAGE_SOURCES = ("pyproject.toml", "README.md", "config", "engine", "workers", "transport")
 # What a user's own modules of these names do if they are ever imported in place of the host's.
 SHADOW = 'raise SystemExit("the user\'s {name} was imported instead of the host\'s")\n'
 
@@ -47,14 +46,14 @@ async def test_a_users_transport_engine_and_workers_do_not_replace_the_hosts(tmp
 
 
 def install_into_fresh_venv(tmp_path: Path) -> Path:
-    """``pip install`` of the host, not editable, from a copy of its sources, into a new venv; its bin directory.
+    """``pip install`` of the host, not editable, from what the Dockerfile copies, into a new venv; its bin directory.
 
     The new venv sees this venv's packages for the dependencies (--no-deps, no
     index needed), but not this checkout: the path file names this venv's
     site-packages only, so its editable install of the host is not read.
     """
     sources = tmp_path / "sources"
-    for name in PACKAGE_SOURCES:
+    for name in copied_sources():
         source, target = REPO / name, sources / name
         if source.is_dir():
             shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
