@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import sys
+from typing import Any
 
 import httpx
 import uvicorn
@@ -16,6 +17,7 @@ from loguru import logger
 from engine.common.settings import (
     HostSettings,
     configure_logging,
+    load_runner_body,
     parse_port_range,
     settings_or_exit,
 )
@@ -35,6 +37,10 @@ class _Server(uvicorn.Server):
         yield
 
 
+# Log levels for -v and -vv: each one more verbose than the default INFO.
+VERBOSE_LOG_LEVELS = ("DEBUG", "TRACE")
+
+
 def _warn_if_open(settings: HostSettings) -> None:
     if settings.host in ("127.0.0.1", "localhost", "::1"):
         return
@@ -50,14 +56,20 @@ def _warn_if_open(settings: HostSettings) -> None:
         )
 
 
-async def serve(settings: HostSettings, config_file: str | None = None) -> None:
-    """Run the engine, its HTTP API and ``settings.worker_count`` local workers until signalled."""
+async def serve(settings: HostSettings, config_file: str | None = None, runner_body: Any = None) -> None:
+    """Run the engine, its HTTP API and ``settings.worker_count`` local workers until signalled.
+
+    Args:
+        settings: Host settings.
+        config_file: The configuration file the workers read too.
+        runner_body: The body a bot gets when its client sends none (``--runner-body``).
+    """
     engine = Engine(settings)
     await engine.start()
     workers = LocalWorkers(engine, settings, config_file)
     server = _Server(
         uvicorn.Config(
-            create_app(engine), host=settings.host, port=settings.port,
+            create_app(engine, runner_body), host=settings.host, port=settings.port,
             log_level=settings.log_level.lower(), loop="none", lifespan="off",
         )
     )
@@ -142,12 +154,8 @@ def make_keys(directory: str, name: str) -> tuple[str, str]:
     return public_file, secret_file
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse the command line and run the chosen command."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["worker"]:
-        # A worker is a program of its own: the engine's code never imports it.
-        os.execv(sys.executable, [sys.executable, "-m", "workers", *argv[1:]])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``smallwebrtc-host``."""
     parser = argparse.ArgumentParser(prog="smallwebrtc-host", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -159,13 +167,29 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--bot", help="the bot: path/to/bot.py or package.module, with :function if not bot")
     serve_cmd.add_argument("--config", help="a TOML configuration file (default: config/host.toml)")
     serve_cmd.add_argument("--ice-host-addresses", help="comma-separated addresses to gather host candidates on")
-    serve_cmd.add_argument("--ice-servers", help="comma-separated STUN/TURN URLs")
+    serve_cmd.add_argument(
+        "--ice-servers", nargs="*", metavar="SERVER",
+        help="STUN/TURN servers, as Pipecat's runner takes them: URLs (also comma-separated) or JSON objects "
+        "with urls, username and credential (default: PIPECAT_ICE_SERVERS)",
+    )
     serve_cmd.add_argument("--ice-announced-address", help="public address of a 1:1 NAT, announced in candidates")
     serve_cmd.add_argument("--ice-udp-port-range", help="UDP ports for ICE, e.g. 40000-40999")
     serve_cmd.add_argument("--engine-endpoint", help="where workers reach the engine (default: private ipc socket)")
     serve_cmd.add_argument("--connection-mode", choices=["single", "multiple"], help="one peer at a time, or many")
     serve_cmd.add_argument("--esp32", action="store_true", default=None, help="munge answers for ESP32 clients")
-    serve_cmd.add_argument("--log-level")
+    serve_cmd.add_argument(
+        "--allowed-origins", nargs="*", metavar="ORIGIN",
+        help="origins whose browser clients may call the session routes (none: any; default: PIPECAT_ALLOWED_ORIGINS)",
+    )
+    serve_cmd.add_argument(
+        "--runner-body", metavar="FILE", help="a YAML or JSON file: the body a bot gets when its client sends none"
+    )
+    serve_cmd.add_argument(
+        "-t", "--transport", choices=["webrtc"], help="as Pipecat's runner takes it; this host serves webrtc only"
+    )
+    verbosity = serve_cmd.add_mutually_exclusive_group()
+    verbosity.add_argument("--log-level")
+    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="log level DEBUG (-vv: TRACE)")
 
     # Listed for --help; main() hands "worker" and its arguments to the worker program before parsing.
     commands.add_parser("worker", help="run one worker that joins a running engine (see 'worker --help')")
@@ -173,22 +197,38 @@ def main(argv: list[str] | None = None) -> None:
     keys_cmd = commands.add_parser("keys", help="make a CurveZMQ key pair for the engine or a worker")
     keys_cmd.add_argument("--dir", required=True, help="where to write NAME.key (public) and NAME.key_secret")
     keys_cmd.add_argument("--name", required=True, help="e.g. engine, or the worker's name")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and run the chosen command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        # A worker is a program of its own: the engine's code never imports it. -P: see LocalWorkers.
+        os.execv(sys.executable, [sys.executable, "-P", "-m", "workers", *argv[1:]])
+    args = build_parser().parse_args(argv)
     if args.command == "serve":
+        log_level = VERBOSE_LOG_LEVELS[min(args.verbose, len(VERBOSE_LOG_LEVELS)) - 1] if args.verbose else args.log_level
         settings = settings_or_exit(
             "smallwebrtc-host", args.config,
             host=args.host, port=args.port, workers=args.workers, engines=args.engines, bot=args.bot,
             ice_host_addresses=args.ice_host_addresses, ice_servers=args.ice_servers,
-            engine_endpoint=args.engine_endpoint, log_level=args.log_level,
+            engine_endpoint=args.engine_endpoint, log_level=log_level,
             connection_mode=args.connection_mode, esp32=args.esp32,
             ice_announced_address=args.ice_announced_address, ice_udp_port_range=args.ice_udp_port_range,
+            allowed_origins=args.allowed_origins, runner_body=args.runner_body,
         )
-        configure_logging(settings)
-        PortRangeLoop.port_range = parse_port_range(settings.ice_udp_port_range)
         try:
-            run = serve if settings.engines == 1 else serve_engines
-            uvloop.run(run(settings, args.config), loop_factory=PortRangeLoop)
+            runner_body = load_runner_body(settings.runner_body)
+            configure_logging(settings)
+            PortRangeLoop.port_range = parse_port_range(settings.ice_udp_port_range)
+            # Pipecat's runner sets ENV=local, and bots made by `pipecat init` leave out what only
+            # a deployment has (Krisp) when it is; a deployment sets ENV itself (the Dockerfile does).
+            os.environ.setdefault("ENV", "local")
+            if settings.engines == 1:
+                uvloop.run(serve(settings, args.config, runner_body), loop_factory=PortRangeLoop)
+            else:
+                uvloop.run(serve_engines(settings, args.config), loop_factory=PortRangeLoop)
             # Everything has stopped: a late second stop signal must not turn a clean exit into a kill.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         except ValueError as e:

@@ -109,7 +109,8 @@ class EnginePool:
         endpoint = ["--engine-endpoint", shard.endpoint] if shard.endpoint else []
         shard.engine_id = ""
         shard.slot.process = process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(shard.port),
+            # -P: as for the workers (engine.local_workers), the host's own modules come first.
+            sys.executable, "-P", "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(shard.port),
             "--workers", str(shard.workers), "--engines", "1", *endpoint, *config,
             env=self._env,
             # Its own session: a terminal's Ctrl-C reaches this process, which stops the engines in order.

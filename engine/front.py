@@ -31,6 +31,7 @@ from engine.request_limits import (
     MAX_START_SESSIONS,
     START_FULL_RETRY_S,
     BodyLimit,
+    ClientCORS,
     client_address,
 )
 from engine.signaling import schema_routes
@@ -43,6 +44,8 @@ HOP_HEADERS = frozenset({
     "transfer-encoding", "upgrade", "host", "content-length", "content-encoding",
     # Set anew to the client this process saw: a client's own is not to be believed.
     "x-forwarded-for",
+    # This process answers CORS for the public address; an engine adding its own would double it.
+    "origin",
 })
 
 
@@ -85,6 +88,7 @@ def create_front_app(pool: EnginePool, client: httpx.AsyncClient, settings: Host
     """
     app = FastAPI(title="smallwebrtc-host", **schema_routes(settings))
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(ClientCORS, allowed_origins=settings.allowed_origins)
     # Session id -> its engine and when the entry expires, in order of expiry. An
     # expired one is no loss: its engine forgot it unused, or its peer's
     # requests carry a pc_id that names the engine.

@@ -50,7 +50,9 @@ class LocalWorkers:
     async def _spawn(self, slot: ProcessSlot) -> None:
         config = ["--config", self._config_file] if self._config_file else []
         slot.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "workers",
+            # -P: the directory serve runs from is not searched first, so a transport.py,
+            # engine.py or workers/ there cannot stand in for the host's own (workers/__main__.py).
+            sys.executable, "-P", "-m", "workers",
             "--engine", self._engine.endpoint,
             "--worker-id", slot.name,
             "--bot", self._settings.bot,

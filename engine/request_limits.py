@@ -1,4 +1,4 @@
-"""What one client may ask of the HTTP API: a bounded body, a rate of /start calls, and /start sessions that expire.
+"""What one client may ask of the HTTP API: a bounded body, a rate of /start calls, /start sessions that expire, and from which origins.
 
 Shared by an engine's API (``engine.signaling``) and the front of several
 engines (``engine.front``), so both bound the same things the same way.
@@ -6,6 +6,7 @@ engines (``engine.front``), so both bound the same things the same way.
 
 import ipaddress
 import math
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Sessions registered by /start held at once, a last bound behind their expiry
@@ -22,6 +24,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 MAX_START_SESSIONS = 10_000
 # What a full /start table asks a client to wait.
 START_FULL_RETRY_S = 10
+# The routes a browser client calls. Only these answer other origins: the
+# operator's (/workers, /metrics, /admin) show every session's pc_id, and a
+# page on another origin must not read them from a developer's open host.
+CLIENT_ROUTES = re.compile(r"/(start|status|api/offer|sessions/[^/]+/api/offer)")
 
 
 class BodyLimit:
@@ -61,6 +67,26 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+class ClientCORS:
+    """ASGI middleware: CORS on the client routes as Pipecat's runner answers it, any origin unless some are listed.
+
+    A browser client served from another origin (a web app, Pipecat's
+    playground) can then POST ``/start`` with an ``Authorization`` header and
+    its offers: the preflight passes for the allowed origins, and only for them.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_origins: list[str]):
+        """Wrap ``app``; an empty ``allowed_origins`` allows every origin."""
+        self.app = app
+        self.cors = CORSMiddleware(
+            app, allow_origins=allowed_origins or ["*"], allow_credentials=True, allow_methods=["*"], allow_headers=["*"]
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client_route = scope["type"] == "http" and CLIENT_ROUTES.fullmatch(scope["path"])
+        await (self.cors if client_route else self.app)(scope, receive, send)
 
 
 def client_address(request: Request) -> str:

@@ -16,10 +16,22 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.common.settings import HostSettings
-from engine.request_limits import MAX_START_SESSIONS, START_FULL_RETRY_S, BodyLimit, RateLimit, StartSessions, client_address
+from engine.request_limits import (
+    MAX_START_SESSIONS,
+    START_FULL_RETRY_S,
+    BodyLimit,
+    ClientCORS,
+    RateLimit,
+    StartSessions,
+    client_address,
+)
 from engine.sessions import Engine, OfferRejected
 
 STATIC_DIR = Path(__file__).parent / "static"
+# What /start hands a client that asks for enableDefaultIceServers when the host has none, as Pipecat's runner does.
+DEFAULT_CLIENT_ICE_SERVERS = [{"urls": ["stun:stun.l.google.com:19302"]}]
+
+
 def _refuse_lone_surrogates(data: Any) -> Any:
     # "\ud800" is valid JSON but no text: it would fail wherever it is
     # encoded (a reply, a log line, the worker link), far from here.
@@ -130,11 +142,12 @@ def _to_rtc_candidates(candidates: list[IceCandidateModel], limit: int) -> list:
     return parsed
 
 
-def create_app(engine: Engine) -> FastAPI:
+def create_app(engine: Engine, runner_body: Any = None) -> FastAPI:
     """The engine's HTTP API.
 
     Args:
         engine: The engine that owns the peers and workers.
+        runner_body: The body a bot gets when its client sends none (``--runner-body``).
     """
     settings = engine.settings
     app = FastAPI(title="smallwebrtc-host", **schema_routes(settings))
@@ -142,6 +155,8 @@ def create_app(engine: Engine) -> FastAPI:
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_request_body_bytes, on_refused=refused.labels("body_too_large").inc
     )
+    # Outermost, so that a refusal (413) reaches a client on another origin too.
+    app.add_middleware(ClientCORS, allowed_origins=settings.allowed_origins)
     start_sessions = StartSessions(
         settings.start_session_ttl_s, lambda pc_id: pc_id in engine.peers and not engine.peers[pc_id].ended
     )
@@ -180,7 +195,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post("/api/offer", dependencies=api_auth)
     async def post_offer(request: OfferRequest):
-        return await offer(request, None, request.request_data)
+        return await offer(request, None, runner_body if request.request_data is None else request.request_data)
 
     @app.patch("/api/offer", dependencies=api_auth)
     async def patch_offer(request: PatchRequest):
@@ -196,14 +211,19 @@ def create_app(engine: Engine) -> FastAPI:
             raise HTTPException(
                 429, f"more than {settings.start_rate_per_minute} /start a minute", {"Retry-After": str(retry_after)}
             )
-        session_id = start_sessions.add(request.body if request.body is not None else {})
+        # Pipecat's runner registers {} when the client sends no body.
+        default_body = {} if runner_body is None else runner_body
+        session_id = start_sessions.add(default_body if request.body is None else request.body)
         if session_id is None:
             logger.warning(f"/start refused: {MAX_START_SESSIONS} sessions registered and not yet expired")
             refused.labels("start_full").inc()
             raise HTTPException(503, "too many sessions started and not yet used", {"Retry-After": str(START_FULL_RETRY_S)})
         result: dict[str, Any] = {"sessionId": session_id}
-        if settings.ice_servers:
-            result["iceConfig"] = {"iceServers": [s.to_client() for s in settings.ice_servers]}
+        ice_servers = [s.to_client() for s in settings.ice_servers]
+        if not ice_servers and request.enableDefaultIceServers:
+            ice_servers = DEFAULT_CLIENT_ICE_SERVERS
+        if ice_servers:
+            result["iceConfig"] = {"iceServers": ice_servers}
         return result
 
     @app.post("/sessions/{session_id}/api/offer", dependencies=api_auth)

@@ -32,6 +32,10 @@ def exit_with_parent(parent_pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run the worker until it stops."""
+    if sys.flags.safe_path:
+        # Started with -P, so the host's own modules were found before a user's namesakes in the
+        # working directory; now that they are imported, bots import from there as under `python -m`.
+        sys.path.insert(0, os.getcwd())
     parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__)
     parser.add_argument("--engine", required=True, help="the engine's endpoint (ipc://... or tcp://...)")
     parser.add_argument("--bot", help="the bot: path/to/bot.py or package.module, with :function if not bot")

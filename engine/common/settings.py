@@ -3,21 +3,33 @@
 Every option is documented in ``config/host.toml``; another file can be named
 with ``--config`` or ``SMALLWEBRTC_HOST_CONFIG``. Environment variables are
 the option names in upper case with the prefix ``SMALLWEBRTC_HOST_`` (lists as
-JSON, e.g. ``SMALLWEBRTC_HOST_ICE_HOST_ADDRESSES='["127.0.0.1"]'``).
+JSON, e.g. ``SMALLWEBRTC_HOST_ICE_HOST_ADDRESSES='["127.0.0.1"]'``). The
+variables Pipecat's development runner reads (``PIPECAT_ICE_SERVERS``,
+``PIPECAT_ALLOWED_ORIGINS``, ``PIPECAT_SCTP_MAX_CHUNK_SIZE``) set the same
+options, below the host's own variables.
 """
 
 import ipaddress
+import json
 import os
 import re
 import sys
 from contextvars import ContextVar
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import yaml
 from aiortc import RTCIceServer
 from loguru import logger
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,7 +37,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "config" / "host.toml"
+# config/host.toml, shipped in the package (a link to it in a checkout) so an installed host finds it too.
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().with_name("host.toml")
+# The environment variables of Pipecat's development runner (and transport) that set an option here.
+PIPECAT_VARIABLES = {
+    "PIPECAT_ICE_SERVERS": "ice_servers",
+    "PIPECAT_ALLOWED_ORIGINS": "allowed_origins",
+    "PIPECAT_SCTP_MAX_CHUNK_SIZE": "sctp_max_chunk_size",
+}
 # With no bot configured: the current directory's bot.py, as Pipecat's runner finds it, else the demo bot.
 DEFAULT_BOT_FILE = "bot.py"
 DEFAULT_BOT_FUNCTION = "bot"
@@ -42,6 +61,9 @@ class IceServer(BaseModel):
         username: TURN username.
         credential: TURN password.
     """
+
+    # As Pipecat's runner: a misspelt key is an error, not a TURN server without credentials.
+    model_config = ConfigDict(extra="forbid")
 
     urls: str | list[str]
     username: str | None = None
@@ -128,6 +150,64 @@ def resolve_bot(spec: str) -> str:
     return str(BotSpec(str(path), bot.function))
 
 
+def parse_ice_servers(value: Any) -> Any:
+    """ICE servers written as Pipecat's runner takes them, as a list of URLs and server objects.
+
+    A string is a JSON array, one JSON object, or comma-separated URLs
+    (``PIPECAT_ICE_SERVERS``); a list holds such strings, one per
+    ``--ice-servers`` argument, or server objects (a configuration file).
+    Anything else is returned as it is, for the model to refuse.
+
+    Raises:
+        ValueError: If a JSON entry does not parse.
+    """
+    if isinstance(value, str):
+        value = _ice_server_json(value) if value.strip().startswith("[") else [value]
+    if not isinstance(value, list):
+        return value
+    servers = []
+    for entry in value:
+        if not isinstance(entry, str):
+            servers.append(entry)
+        elif entry.strip().startswith("{"):
+            servers.append(_ice_server_json(entry))
+        else:
+            servers.extend({"urls": url.strip()} for url in entry.split(",") if url.strip())
+    return servers
+
+
+def _ice_server_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"ice_servers: {text!r} is not JSON: {e}") from e
+
+
+def load_runner_body(path: str) -> Any:
+    """The contents of a ``--runner-body`` file (YAML or JSON, as Pipecat's runner reads it); None without one.
+
+    Raises:
+        ValueError: If the file cannot be read or parsed; the message names the setting.
+    """
+    if not path:
+        return None
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"runner_body: cannot read {path}: {e}") from e
+
+
+class PipecatVariables(PydanticBaseSettingsSource):
+    """The options set by Pipecat's own environment variables (``PIPECAT_VARIABLES``), as raw strings."""
+
+    def get_field_value(self, field, field_name: str) -> tuple[Any, str, bool]:
+        """Unused: ``__call__`` reads every variable at once."""
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, str]:
+        return {option: os.environ[name] for name, option in PIPECAT_VARIABLES.items() if os.environ.get(name)}
+
+
 class ConnectionMode(str, Enum):
     """How many peers the host takes at once."""
 
@@ -155,9 +235,7 @@ class HostSettings(BaseSettings):
     ice_host_addresses: list[str] = []
     ice_announced_address: str = ""
     ice_udp_port_range: str = ""
-    sctp_max_chunk_size: int = Field(
-        default_factory=lambda: int(os.environ.get("PIPECAT_SCTP_MAX_CHUNK_SIZE", 1100)), ge=256, le=1200
-    )
+    sctp_max_chunk_size: int = Field(1100, ge=256, le=1200)
     connection_mode: ConnectionMode = ConnectionMode.MULTIPLE
     esp32: bool = False
     connecting_timeout_s: float = Field(30.0, gt=0)
@@ -180,6 +258,8 @@ class HostSettings(BaseSettings):
     max_data_channel_message_bytes: int = Field(64 * 1024, ge=1024)
     max_data_channel_messages_per_s: int = Field(50, ge=1)
     max_data_channel_buffered_bytes: int = Field(1024 * 1024, ge=64 * 1024)
+    allowed_origins: list[str] = []
+    runner_body: str = ""
     api_token: str = ""
     admin_token: str = ""
     log_level: str = "INFO"
@@ -192,13 +272,10 @@ class HostSettings(BaseSettings):
 
     @field_validator("ice_servers", mode="before")
     @classmethod
-    def _urls_as_servers(cls, value):
-        # "stun:a,turn:b" on the command line or a list of plain URLs.
-        if isinstance(value, str):
-            value = [url for url in value.split(",") if url.strip()]
-        return [{"urls": v.strip()} if isinstance(v, str) else v for v in value]
+    def _runner_syntax(cls, value):
+        return parse_ice_servers(value)
 
-    @field_validator("ice_host_addresses", mode="before")
+    @field_validator("ice_host_addresses", "allowed_origins", mode="before")
     @classmethod
     def _comma_list(cls, value):
         if isinstance(value, str):
@@ -256,9 +333,12 @@ class HostSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ):
-        """CLI flags (passed as init arguments) win over the environment, which wins over the file."""
+        """CLI flags (passed as init arguments) win over the environment, which wins over the file.
+
+        The host's own variables win over Pipecat's, which name the same options for every bot.
+        """
         config_file = Path(_config_file.get() or os.environ.get("SMALLWEBRTC_HOST_CONFIG") or DEFAULT_CONFIG_FILE)
-        sources = [init_settings, env_settings]
+        sources = [init_settings, env_settings, PipecatVariables(settings_cls)]
         if config_file.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)

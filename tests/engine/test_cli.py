@@ -7,7 +7,7 @@ import sys
 import pytest
 import zmq.auth
 
-from engine.cli import main, make_keys
+from engine.cli import build_parser, main, make_keys
 from tests.support.host import REPO, free_port
 
 
@@ -29,10 +29,29 @@ def test_a_command_is_required():
 
 
 @pytest.mark.parametrize(
-    "argv", [["serve", "--port", "not-a-number"], ["serve", "--connection-mode", "triple"], ["keys", "--name", "engine"]]
+    "argv",
+    [
+        ["serve", "--port", "not-a-number"],
+        ["serve", "--connection-mode", "triple"],
+        ["keys", "--name", "engine"],
+        # Pipecat's runner serves other transports; this host serves webrtc only.
+        ["serve", "-t", "daily"],
+        ["serve", "-v", "--log-level", "INFO"],
+    ],
 )
 def test_malformed_flags_are_refused(argv):
     assert exit_of(argv).code == 2
+
+
+def test_pipecats_runner_flags_are_taken_as_it_takes_them():
+    turn = '{"urls": "turn:t:3478", "username": "u", "credential": "p"}'
+    args = build_parser().parse_args(
+        ["serve", "-t", "webrtc", "-vv", "--esp32", "--ice-servers", "stun:a:1", turn,
+         "--allowed-origins", "https://a.example", "https://b.example", "--runner-body", "body.yaml"]
+    )
+    assert (args.transport, args.verbose, args.esp32, args.runner_body) == ("webrtc", 2, True, "body.yaml")
+    assert args.ice_servers == ["stun:a:1", turn]
+    assert args.allowed_origins == ["https://a.example", "https://b.example"]
 
 
 @pytest.mark.parametrize(
@@ -41,6 +60,8 @@ def test_malformed_flags_are_refused(argv):
         (["serve", "--port", "99999"], "port"),
         (["serve", "--engine-endpoint", "tcp://127.0.0.1:7999"], "curve_secret_key_file"),
         (["serve", "--config", "/nonexistent/host.toml"], "/nonexistent/host.toml"),
+        (["serve", "--runner-body", "/nonexistent/body.yaml"], "runner_body"),
+        (["serve", "--ice-servers", '{"url": "stun:a:1"}'], "ice_servers"),
     ],
 )
 def test_an_invalid_setting_exits_naming_it(argv, setting):

@@ -4,23 +4,13 @@ import aiohttp
 import pytest
 
 from tests.support.client import TestPeer
-from tests.support.host import HostProcess
+from tests.support.host import HostProcess, request
 
 
 @pytest.fixture(scope="module")
 def host():
     with HostProcess(1, "--ice-servers", "stun:127.0.0.1:3478") as running:
         yield running
-
-
-async def request(method: str, url: str, **kwargs) -> tuple[int, object]:
-    async with aiohttp.ClientSession() as http:
-        async with http.request(method, url, **kwargs) as response:
-            try:
-                body = await response.json(content_type=None)
-            except ValueError:
-                body = await response.text()
-            return response.status, body
 
 
 async def test_status(host):

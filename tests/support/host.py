@@ -9,7 +9,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+
+import aiohttp
 
 from tests.support.client import TestPeer
 
@@ -32,6 +35,22 @@ def get_json(url: str, timeout: float = 5.0, token: str = ""):
         return json.load(response)
 
 
+async def request(method: str, url: str, **kwargs) -> tuple[int, object]:
+    """One HTTP request (aiohttp's arguments): its status and its body, as JSON when it is JSON."""
+    status, _, body = await request_with_headers(method, url, **kwargs)
+    return status, body
+
+
+async def request_with_headers(method: str, url: str, **kwargs) -> tuple[int, dict[str, str], object]:
+    """``request``, with the response's headers too."""
+    async with aiohttp.ClientSession() as http, http.request(method, url, **kwargs) as response:
+        try:
+            body = await response.json(content_type=None)
+        except ValueError:
+            body = await response.text()
+        return response.status, dict(response.headers), body
+
+
 class HostProcess:
     """``smallwebrtc-host serve`` in a subprocess, confined to loopback.
 
@@ -39,20 +58,28 @@ class HostProcess:
     log with ``log()``, stop it with ``stop()`` (SIGTERM, then SIGKILL).
     """
 
-    def __init__(self, workers: int = 2, *extra_args: str, env: dict | None = None, cwd: Path = REPO):
+    def __init__(
+        self,
+        workers: int = 2,
+        *extra_args: str,
+        env: dict | None = None,
+        program: Sequence[str] = (sys.executable, "-m", "engine.cli"),
+        cwd: Path = REPO,
+    ):
         """Prepare the host.
 
         Args:
             workers: Local workers to start.
             *extra_args: More ``serve`` flags.
             env: Extra environment variables.
-            cwd: Where ``serve`` runs.
+            program: How to run ``smallwebrtc-host`` (e.g. an installed console script).
+            cwd: The directory it runs from.
         """
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
         self._args = [
-            sys.executable, "-m", "engine.cli", "serve",
+            *program, "serve",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", str(workers), "--ice-host-addresses", "127.0.0.1",
             *extra_args,

@@ -7,9 +7,13 @@ from engine.common.settings import (
     DEFAULT_CONFIG_FILE,
     DEMO_BOT,
     HostSettings,
+    load_runner_body,
     load_settings,
     parse_port_range,
 )
+
+TURN = {"urls": "turn:t:3478", "username": "u", "credential": "p"}
+TURN_JSON = '{"urls": "turn:t:3478", "username": "u", "credential": "p"}'
 
 
 def test_the_default_file_documents_every_option():
@@ -76,6 +80,55 @@ def test_pipecats_sctp_variable_is_the_default(monkeypatch):
     assert load_settings().sctp_max_chunk_size == 1000
     monkeypatch.setenv("SMALLWEBRTC_HOST_SCTP_MAX_CHUNK_SIZE", "900")
     assert load_settings().sctp_max_chunk_size == 900
+
+
+@pytest.mark.parametrize(
+    "value, servers",
+    [
+        # Ours, and PIPECAT_ICE_SERVERS: comma-separated URLs.
+        ("stun:a:1, stun:b:2", [{"urls": "stun:a:1"}, {"urls": "stun:b:2"}]),
+        # PIPECAT_ICE_SERVERS: a JSON array, or one JSON object.
+        (f'[{TURN_JSON}, "stun:a:1"]', [TURN, {"urls": "stun:a:1"}]),
+        (TURN_JSON, [TURN]),
+        # --ice-servers as the runner takes it: one URL or JSON object per argument.
+        (["stun:a:1", TURN_JSON], [{"urls": "stun:a:1"}, TURN]),
+        ([], []),
+    ],
+)
+def test_ice_servers_as_pipecats_runner_writes_them(value, servers):
+    assert [s.to_client() for s in load_settings(ice_servers=value).ice_servers] == servers
+
+
+@pytest.mark.parametrize("value", ['{"urls": "turn:t:3478", "user": "u"}', "[not json", '{"username": "u"}'])
+def test_a_malformed_ice_server_names_the_setting(value):
+    with pytest.raises(ValidationError, match="ice_servers"):
+        load_settings(ice_servers=value)
+
+
+def test_pipecats_variables_come_after_the_file_and_before_the_hosts_own(tmp_path, monkeypatch):
+    config = tmp_path / "host.toml"
+    config.write_text('ice_servers = ["stun:file:1"]\nallowed_origins = ["https://file.example"]\n')
+    assert load_settings(str(config)).allowed_origins == ["https://file.example"]
+    monkeypatch.setenv("PIPECAT_ICE_SERVERS", TURN_JSON)
+    monkeypatch.setenv("PIPECAT_ALLOWED_ORIGINS", "https://a.example, https://b.example")
+    settings = load_settings(str(config))
+    assert [s.to_client() for s in settings.ice_servers] == [TURN]
+    assert settings.allowed_origins == ["https://a.example", "https://b.example"]
+    monkeypatch.setenv("SMALLWEBRTC_HOST_ALLOWED_ORIGINS", '["https://host.example"]')
+    assert load_settings(str(config)).allowed_origins == ["https://host.example"]
+    assert load_settings(str(config), allowed_origins=["https://flag.example"]).allowed_origins == ["https://flag.example"]
+
+
+def test_the_runner_body_is_yaml_or_json(tmp_path):
+    assert load_runner_body("") is None
+    (tmp_path / "body.yaml").write_text("image: pictures/cat.png\nsizes: [1, 2]\n")
+    assert load_runner_body(str(tmp_path / "body.yaml")) == {"image": "pictures/cat.png", "sizes": [1, 2]}
+    (tmp_path / "body.json").write_text('{"video": false}')
+    assert load_runner_body(str(tmp_path / "body.json")) == {"video": False}
+    (tmp_path / "bad.yaml").write_text("a: [unclosed\n")
+    for path in (tmp_path / "missing.json", tmp_path / "bad.yaml"):
+        with pytest.raises(ValueError, match="runner_body"):
+            load_runner_body(str(path))
 
 
 @pytest.mark.parametrize("text", ["40000", "50-60", "40010-40000", "1-70000x"])
