@@ -153,6 +153,8 @@ class WorkerLink:
         await asyncio.sleep(0.2)
         for task in self._tasks:
             task.cancel()
+        # Their sockets (the refusals' monitor) close as they end; the context waits for every socket.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for handle in self.registry or []:
             self.registry.remove(handle, "engine stopped")
         if self._router is not None:
