@@ -109,7 +109,9 @@ class WorkerLink:
             self.endpoint = f"ipc://{self._runtime_dir}/engine.sock"
         if self.settings.curve_secret_key_file:
             self._start_authenticator()
-        self._router = bind_router(self._context, self.endpoint, self.settings.curve_secret_key_file)
+        self._router = bind_router(
+            self._context, self.endpoint, self.settings.curve_secret_key_file, self.settings.worker_dead_after_s
+        )
         self.registry = WorkerRegistry(self._router, self._on_drop)
         self._tasks = [
             asyncio.create_task(self._receive(), name="engine-receive"),

@@ -75,23 +75,41 @@ class Outbox:
             await send(await self.mailbox.get())
 
 
-def bind_router(context: zmq.asyncio.Context, endpoint: str, curve_secret_key_file: str = "") -> zmq.asyncio.Socket:
+def bind_router(
+    context: zmq.asyncio.Context, endpoint: str, curve_secret_key_file: str = "", silent_after_s: float = 3.0
+) -> zmq.asyncio.Socket:
     """The engine's socket, bound to ``endpoint``.
 
     It reports a full or vanished worker pipe instead of silently dropping, so
-    the sender can retry (full) or give up (gone). With a CurveZMQ key it is a
-    Curve server: the link is encrypted, and the context's authenticator
-    decides which worker keys may connect.
+    the sender can retry (full) or give up (gone).
+
+    A worker id belongs to the one connection that holds it: libzmq ignores a
+    second connection presenting an id in use (there is no ROUTER_HANDOVER), so
+    naming a live worker gets nobody its sessions' messages. For the id of a
+    worker whose machine or network went away without closing the connection
+    to come free, the socket sends ZMTP heartbeats and closes a connection
+    that sends nothing, not even their answers, for ``silent_after_s``.
+
+    With a CurveZMQ key it is a Curve server: the link is encrypted, and the
+    context's authenticator decides which worker keys may connect.
+
+    Args:
+        context: The engine's context.
+        endpoint: ``ipc://path`` or ``tcp://address:port``.
+        curve_secret_key_file: The engine's secret key file, for a Curve server.
+        silent_after_s: How long a connection may send nothing before it is closed.
     """
     socket = context.socket(zmq.ROUTER)
     if curve_secret_key_file:
         socket.curve_publickey, socket.curve_secretkey = zmq.auth.load_certificate(curve_secret_key_file)
         socket.curve_server = True
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
     socket.setsockopt(zmq.SNDHWM, PIPE_HWM)
     socket.setsockopt(zmq.RCVHWM, PIPE_HWM)
     socket.setsockopt(zmq.LINGER, 0)
+    # A ping every third of the timeout: one late answer does not close a live connection.
+    socket.setsockopt(zmq.HEARTBEAT_IVL, max(1, round(silent_after_s * 1000 / 3)))
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, round(silent_after_s * 1000)))
     socket.bind(endpoint)
     return socket
 
@@ -103,7 +121,12 @@ def connect_dealer(
     curve_secret_key_file: str = "",
     curve_server_key_file: str = "",
 ) -> zmq.asyncio.Socket:
-    """A worker's socket, connected to the engine at ``endpoint`` (with its CurveZMQ keys, if given)."""
+    """A worker's socket, connected to the engine at ``endpoint`` (with its CurveZMQ keys, if given).
+
+    It sends no ZMTP heartbeats of its own: a worker that hears nothing from
+    the engine for engine_silent_after_s leaves, and a new connection would not
+    register it again anyway.
+    """
     socket = context.socket(zmq.DEALER)
     if curve_secret_key_file:
         socket.curve_publickey, socket.curve_secretkey = zmq.auth.load_certificate(curve_secret_key_file)

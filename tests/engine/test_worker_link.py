@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,10 +16,16 @@ from engine.common.protocol import (
     SessionClose,
     WorkerAccept,
     WorkerHeartbeat,
+    WorkerRegister,
     WorkerStop,
 )
 from engine.worker_link import RUNTIME_DIR_PREFIX, WorkerLink, remove_stale_runtime_dirs
-from tests.support.engines import engine_settings, stand_in_workers
+from tests.support.engines import (
+    engine_settings,
+    stand_in_once_its_id_is_free,
+    stand_in_workers,
+)
+from tests.support.host import REPO
 from tests.support.link import private_endpoint, until
 
 
@@ -119,6 +126,46 @@ async def test_a_worker_that_registers_again_was_restarted():
         await worker.register()
         assert owner.lost == [("w1", "registered again (restarted)")]
         assert link.registry.get("w1") is not first and not first.alive
+
+
+async def test_a_second_connection_with_a_live_workers_id_gets_nothing_and_changes_nothing():
+    async with running_link(heartbeat_interval_s=0.1) as (link, owner), stand_in_workers(link.endpoint, "w1") as (worker,):
+        await worker.register()
+        handle = link.registry.get("w1")
+        async with stand_in_workers(link.endpoint, "w1") as (impostor,):
+            await impostor.send(WorkerRegister("w1", 666, "impostor", 4))
+            await impostor.send(AppMessageOut("pc-1", "from the impostor"))
+            # The engine goes on sending to the worker, and hearing it alone.
+            for _ in range(5):
+                await worker.expect(EngineHeartbeat)
+            await worker.send(AppMessageOut("pc-1", "from the worker"))
+            await until(lambda: owner.session_messages)
+            assert owner.session_messages == [("w1", AppMessageOut("pc-1", "from the worker"), [])]
+            assert link.registry.get("w1") is handle and handle.pid == os.getpid() and not owner.lost
+            assert await impostor.socket.poll(0) == 0
+
+
+async def test_the_id_of_a_worker_that_stopped_answering_comes_free():
+    # A stopped process keeps its connection open, as a machine cut off from the network does:
+    # only the socket's own heartbeats can tell that nobody answers on it.
+    async with running_link(heartbeat_interval_s=0.1, worker_dead_after_s=1.0) as (link, owner):
+        frozen = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "workers", "--engine", link.endpoint, "--worker-id", "w1",
+            "--bot", "tests.support.workers:greeter", cwd=REPO, env={**os.environ, "SMALLWEBRTC_HOST_HEARTBEAT_INTERVAL_S": "0.1"},
+        )
+        try:
+            await until(lambda: (handle := link.registry.get("w1")) and handle.pid == frozen.pid, timeout=30)
+            os.kill(frozen.pid, signal.SIGSTOP)
+            register = WorkerRegister("w1", os.getpid(), "stand-in", 4)
+
+            def stand_in_joined():
+                return (handle := link.registry.get("w1")) and handle.pid == os.getpid()
+
+            async with stand_in_once_its_id_is_free(link.endpoint, "w1", register, stand_in_joined):
+                assert [worker_id for worker_id, _ in owner.lost] == ["w1"]
+        finally:
+            frozen.kill()
+            await frozen.wait()
 
 
 async def test_a_local_worker_whose_process_exits_is_lost_at_once():

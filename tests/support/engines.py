@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import zmq.asyncio
@@ -21,7 +21,7 @@ from engine.common.protocol import (
 from engine.common.settings import HostSettings
 from engine.engine_pool import EnginePool
 from engine.sessions import Engine
-from tests.support.link import private_endpoint
+from tests.support.link import DUE_S, private_endpoint, until
 from tests.support.peers import client_pc, loopback_only
 
 # A trickled candidate that says there are no more (RFC 8840), as the web client PATCHes it.
@@ -132,6 +132,34 @@ async def stand_in_workers(endpoint: str, *worker_ids: str) -> AsyncIterator[lis
     finally:
         for worker in workers:
             worker.close()
+
+
+@contextlib.asynccontextmanager
+async def stand_in_once_its_id_is_free(
+    endpoint: str, worker_id: str, first: FromWorker, taken: Callable[[], bool]
+) -> AsyncIterator[StandInWorker]:
+    """A stand-in worker connected as ``worker_id`` whose ``first`` message the engine took (``taken()`` holds).
+
+    The engine's socket ignores a connection that presents an id another
+    connection holds, until that one is gone: the stand-in connects again
+    (and sends ``first`` again) until it gets through.
+
+    Raises:
+        TimeoutError: If it has not within ``DUE_S`` times 6.
+    """
+    async with asyncio.timeout(DUE_S * 6):
+        while True:
+            worker = StandInWorker(endpoint, worker_id)
+            await worker.send(first)
+            try:
+                await until(taken, timeout=1.0)
+                break
+            except TimeoutError:
+                worker.close()
+    try:
+        yield worker
+    finally:
+        worker.close()
 
 
 @contextlib.asynccontextmanager
