@@ -10,6 +10,7 @@ import asyncio
 import getpass
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,6 +54,25 @@ def remove_stale_runtime_dirs() -> None:
             shutil.rmtree(path, ignore_errors=True)
         except PermissionError:
             pass  # another user's live process
+
+
+def make_runtime_dir() -> str:
+    """A new directory that only this user may enter, for the engine's ipc socket.
+
+    Its mode, 0700, is what keeps the machine's other users off a private
+    link: they could otherwise connect to the socket as a worker. mkdtemp
+    makes it so; a file system that ignores modes would not, so the mode is
+    checked.
+
+    Raises:
+        RuntimeError: If the directory is not private after all.
+    """
+    path = tempfile.mkdtemp(prefix=f"{RUNTIME_DIR_PREFIX}{os.getpid()}-")
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode != 0o700:
+        shutil.rmtree(path, ignore_errors=True)
+        raise RuntimeError(f"{path} has mode {mode:o}, not 700: other users could reach the engine's workers")
+    return path
 
 
 OnSessionMessage = Callable[[WorkerHandle, SessionMessage, list], None]
@@ -102,10 +122,11 @@ class WorkerLink:
 
         Raises:
             ValueError: If ``curve_authorized_keys_dir`` is not a directory.
+            RuntimeError: If the private runtime directory is not private.
         """
         if not self.endpoint:
             remove_stale_runtime_dirs()
-            self._runtime_dir = tempfile.mkdtemp(prefix=f"{RUNTIME_DIR_PREFIX}{os.getpid()}-")
+            self._runtime_dir = make_runtime_dir()
             self.endpoint = f"ipc://{self._runtime_dir}/engine.sock"
         if self.settings.curve_secret_key_file:
             self._start_authenticator()

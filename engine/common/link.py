@@ -7,6 +7,7 @@ so a slow reader only ever fills (and drops from) its own mailbox.
 """
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 
 import zmq
@@ -91,7 +92,11 @@ def bind_router(
     that sends nothing, not even their answers, for ``silent_after_s``.
 
     With a CurveZMQ key it is a Curve server: the link is encrypted, and the
-    context's authenticator decides which worker keys may connect.
+    context's authenticator decides which worker keys may connect. An ipc://
+    socket has no keys: its file is made readable and writable by this user
+    only (connecting needs write access), so no other user of the machine can
+    join as a worker. It is made so as it is bound, as a chmod after the bind
+    would leave a moment in which another user could connect, and stay.
 
     Args:
         context: The engine's context.
@@ -110,7 +115,13 @@ def bind_router(
     # A ping every third of the timeout: one late answer does not close a live connection.
     socket.setsockopt(zmq.HEARTBEAT_IVL, max(1, round(silent_after_s * 1000 / 3)))
     socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, round(silent_after_s * 1000)))
-    socket.bind(endpoint)
+    # libzmq creates an ipc socket's file in this thread, during bind: the umask decides its mode.
+    umask = os.umask(0o177) if endpoint.startswith("ipc://") else None
+    try:
+        socket.bind(endpoint)
+    finally:
+        if umask is not None:
+            os.umask(umask)
     return socket
 
 

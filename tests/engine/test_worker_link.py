@@ -4,9 +4,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -201,6 +203,25 @@ async def test_stop_tells_every_worker_to_leave_and_removes_its_private_endpoint
         await link.stop()
         assert await worker.expect(WorkerStop) == WorkerStop("engine stopping")
     assert not os.path.exists(socket_file)
+
+
+def mode_of(path: Path) -> int:
+    """A file's permission bits."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_only_this_user_may_reach_an_ipc_link():
+    owner = Owner()
+    link = WorkerLink(engine_settings(""), "engine-1", owner.session_message, owner.worker_lost)
+    link.start()
+    try:
+        private_socket = Path(link.endpoint.removeprefix("ipc://"))
+        assert (mode_of(private_socket.parent), mode_of(private_socket)) == (0o700, 0o600)
+    finally:
+        await link.stop()
+    # An endpoint the operator chose may be in a directory others can enter: its socket is this user's alone.
+    async with running_link() as (link, _):
+        assert mode_of(Path(link.endpoint.removeprefix("ipc://"))) == 0o600
 
 
 async def test_curve_needs_a_directory_of_authorized_keys(tmp_path):
