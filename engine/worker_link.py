@@ -4,6 +4,10 @@ It binds the ROUTER socket the workers connect to (behind CurveZMQ when
 configured), registers the workers that join, reads their heartbeats and
 sends the engine's. It knows nothing of peers: it hands its owner each
 session message a worker sends, and each worker it declares lost.
+
+Who may speak for a worker: on a Curve link, a worker id is bound to the key
+the worker registered with, and nothing sent under that id with another key
+is taken; on an ipc:// link, only this user can connect at all.
 """
 
 import asyncio
@@ -23,7 +27,7 @@ from loguru import logger
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from engine.common.link import bind_router
+from engine.common.link import bind_router, sender_key
 from engine.common.protocol import (
     EngineHeartbeat,
     MediaLane,
@@ -120,6 +124,8 @@ class WorkerLink:
     def start(self) -> None:
         """Bind the socket (on a private ipc endpoint if none is set) and serve the workers.
 
+        The endpoint then reads as bound (a tcp port given as ``*`` resolved).
+
         Raises:
             ValueError: If ``curve_authorized_keys_dir`` is not a directory.
             RuntimeError: If the private runtime directory is not private.
@@ -133,6 +139,7 @@ class WorkerLink:
         self._router = bind_router(
             self._context, self.endpoint, self.settings.curve_secret_key_file, self.settings.worker_dead_after_s
         )
+        self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.registry = WorkerRegistry(self._router, self._on_drop)
         self._tasks = [
             asyncio.create_task(self._receive(), name="engine-receive"),
@@ -198,15 +205,18 @@ class WorkerLink:
                 self.log.warning(f"dropping an unreadable message from worker {identity}: {e}")
                 continue
             try:
-                self._dispatch(identity, message, parts[2:])
+                self._dispatch(identity, sender_key(parts[1]), message, parts[2:])
             except Exception:
                 self.log.exception(f"error handling {type(message).__name__} from worker {identity}")
 
-    def _dispatch(self, worker_id: str, message, payload: list) -> None:
-        if isinstance(message, WorkerRegister):
-            self._register(worker_id, message)
-            return
+    def _dispatch(self, worker_id: str, key: str | None, message, payload: list) -> None:
         handle = self.registry.get(worker_id)
+        if handle is not None and handle.key != key:
+            self._refuse_other_key(handle, key, message)
+            return
+        if isinstance(message, WorkerRegister):
+            self._register(worker_id, key, message)
+            return
         if handle is None:
             self.log.debug(f"ignoring {type(message).__name__} from unregistered worker {worker_id}")
             return
@@ -214,7 +224,28 @@ class WorkerLink:
         if isinstance(message, SessionMessage):
             self._on_session_message(handle, message, payload)
 
-    def _register(self, worker_id: str, message: WorkerRegister) -> None:
+    def _refuse_other_key(self, handle: WorkerHandle, key: str | None, message) -> None:
+        """Take nothing sent under a registered worker's id with a key other than the one it registered with.
+
+        The socket lets one connection at a time hold an id, so such a message
+        means the worker's own connection is gone and another holds its id:
+        everything the engine sent the worker would now reach that connection.
+        So the worker is lost at once (its sessions move to other workers),
+        rather than kept until its heartbeats are missed.
+        """
+        if isinstance(message, WorkerRegister):
+            self.log.error(
+                f"refused a registration as worker {handle.worker_id} with key {key}: "
+                f"that worker registered with key {handle.key}"
+            )
+        else:
+            self.log.warning(
+                f"dropped {type(message).__name__} sent as worker {handle.worker_id} with key {key}: "
+                f"that worker registered with key {handle.key}"
+            )
+        self._lose(handle, "its id is held by a connection with another key")
+
+    def _register(self, worker_id: str, key: str | None, message: WorkerRegister) -> None:
         existing = self.registry.get(worker_id)
         if existing is not None:
             self._lose(existing, "registered again (restarted)")
@@ -225,9 +256,12 @@ class WorkerLink:
             self.log.warning(
                 f"worker {worker_id} claims capacity {message.capacity}; it gets this engine's worker_capacity, {capacity}"
             )
-        handle = self.registry.add(worker_id, message.pid, message.hostname, capacity)
+        handle = self.registry.add(worker_id, message.pid, message.hostname, capacity, key)
         handle.outbox.send(WorkerAccept(self.engine_id))
-        self.log.info(f"worker {worker_id} joined (pid {message.pid} on {message.hostname}, capacity {handle.capacity})")
+        with_key = f", key {key}" if key else ""
+        self.log.info(
+            f"worker {worker_id} joined (pid {message.pid} on {message.hostname}, capacity {handle.capacity}{with_key})"
+        )
 
     def _lose(self, handle: WorkerHandle, reason: str) -> None:
         self.registry.remove(handle, reason)

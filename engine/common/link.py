@@ -125,6 +125,22 @@ def bind_router(
     return socket
 
 
+def sender_key(frame: zmq.Frame) -> str | None:
+    """The CurveZMQ public key (z85) that the sender of a received frame authenticated with.
+
+    The engine's authenticator gives each connection it lets in this key as
+    its ZAP User-Id, and libzmq attaches it to every message of the
+    connection: a peer cannot choose it, unlike its socket identity.
+
+    Returns:
+        The key, or None for a connection without Curve (an ipc:// link).
+    """
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+
+
 def connect_dealer(
     context: zmq.asyncio.Context,
     endpoint: str,

@@ -5,22 +5,12 @@ import os
 import signal
 
 import pytest
-from loguru import logger
 
 from engine import processes
 from engine.local_workers import LocalWorkers
 from engine.sessions import Engine
 from tests.support.engines import engine_settings
 from tests.support.link import private_endpoint, until
-
-
-@pytest.fixture
-def log_messages():
-    """Every message logged while the test runs."""
-    messages: list[str] = []
-    sink = logger.add(messages.append, format="{message}")
-    yield messages
-    logger.remove(sink)
 
 
 @pytest.fixture

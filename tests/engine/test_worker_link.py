@@ -23,12 +23,16 @@ from engine.common.protocol import (
 )
 from engine.worker_link import RUNTIME_DIR_PREFIX, WorkerLink, remove_stale_runtime_dirs
 from tests.support.engines import (
+    curve_keys,
     engine_settings,
     stand_in_once_its_id_is_free,
     stand_in_workers,
 )
 from tests.support.host import REPO
 from tests.support.link import private_endpoint, until
+
+# A tcp endpoint on loopback, on a port the system picks.
+LOOPBACK_ANY_PORT = "tcp://127.0.0.1:*"
 
 
 class Owner:
@@ -168,6 +172,55 @@ async def test_the_id_of_a_worker_that_stopped_answering_comes_free():
         finally:
             frozen.kill()
             await frozen.wait()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """The engine's curve settings, and the keys of two workers it accepts, a and b."""
+    return curve_keys(tmp_path, "a", "b")
+
+
+@contextlib.asynccontextmanager
+async def worker_a_gone(keys):
+    """A link over CurveZMQ on which worker w1 registered with key a, then closed its connection.
+
+    No heartbeat goes to w1 while the test runs: the engine can learn that its
+    connection is gone only from what the next holder of its id sends.
+    """
+    curve, worker_keys = keys
+    settings = {"engine_endpoint": LOOPBACK_ANY_PORT, "heartbeat_interval_s": 60, "worker_dead_after_s": 60, **curve}
+    async with running_link(**settings) as (link, owner):
+        async with stand_in_workers(link.endpoint, "w1", keys=worker_keys["a"]) as (worker,):
+            await worker.register()
+        yield link, owner
+
+
+async def test_a_registration_as_a_worker_with_another_key_is_refused_and_that_worker_is_lost(keys, log_messages):
+    async with worker_a_gone(keys) as (link, owner):
+        register = WorkerRegister("w1", os.getpid(), "other", 4)
+        async with stand_in_once_its_id_is_free(link.endpoint, "w1", register, lambda: owner.lost, keys=keys[1]["b"]) as other:
+            # What the engine would send w1 now reaches this connection: w1's sessions must move.
+            assert owner.lost == [("w1", "its id is held by a connection with another key")]
+            assert any(m.startswith("refused a registration as worker w1 with key") for m in log_messages)
+            assert link.registry.get("w1") is None and await other.socket.poll(0) == 0
+
+
+async def test_a_message_sent_as_a_worker_with_another_key_is_dropped_and_that_worker_is_lost(keys, log_messages):
+    async with worker_a_gone(keys) as (link, owner):
+        message = AppMessageOut("pc-1", '{"from": "b"}')
+        async with stand_in_once_its_id_is_free(link.endpoint, "w1", message, lambda: owner.lost, keys=keys[1]["b"]):
+            assert owner.lost == [("w1", "its id is held by a connection with another key")]
+            assert owner.session_messages == []
+            assert any(m.startswith("dropped AppMessageOut sent as worker w1 with key") for m in log_messages)
+
+
+async def test_a_worker_that_comes_back_with_its_own_key_is_heard_as_before(keys):
+    async with worker_a_gone(keys) as (link, owner):
+        handle = link.registry.get("w1")
+        message = AppMessageOut("pc-1", '{"from": "a"}')
+        async with stand_in_once_its_id_is_free(link.endpoint, "w1", message, lambda: owner.session_messages, keys=keys[1]["a"]):
+            assert owner.session_messages == [("w1", message, [])]
+            assert link.registry.get("w1") is handle and not owner.lost
 
 
 async def test_a_local_worker_whose_process_exits_is_lost_at_once():
