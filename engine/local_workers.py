@@ -41,9 +41,14 @@ class LocalWorkers:
 
     async def _spawn(self, slot: ProcessSlot) -> None:
         config = ["--config", self._config_file] if self._config_file else []
+        access = self._engine.local_access
         slot.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "workers",
-            "--engine", self._engine.endpoint,
+            "--engine", access.endpoint,
+            # The engine's keys for its local workers, or none: never the curve_* settings they would
+            # read from the configuration they share with the engine, which name the engine's own key.
+            "--curve-secret-key", access.curve_secret_key_file,
+            "--curve-server-key", access.curve_server_key_file,
             "--worker-id", slot.name,
             "--bot", self._settings.bot,
             "--log-level", self._settings.log_level,

@@ -18,6 +18,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -41,8 +42,13 @@ from engine.common.protocol import (
 from engine.common.settings import HostSettings
 from engine.registry import WorkerHandle, WorkerRegistry
 
-# The private directory of an engine's ipc socket: <tmp>/smallwebrtc-host-<engine pid>-<random>.
+# The private directory of an engine's ipc socket and its local workers' keys:
+# <tmp>/smallwebrtc-host-<engine pid>-<random>.
 RUNTIME_DIR_PREFIX = "smallwebrtc-host-"
+# The key pair an engine makes for its local workers on a Curve link (NAME.key, NAME.key_secret),
+# and its own public key for them, in its runtime directory.
+LOCAL_WORKER_KEY_NAME = "local-worker"
+ENGINE_PUBLIC_KEY_FILE = "engine.key"
 
 
 def remove_stale_runtime_dirs() -> None:
@@ -61,12 +67,12 @@ def remove_stale_runtime_dirs() -> None:
 
 
 def make_runtime_dir() -> str:
-    """A new directory that only this user may enter, for the engine's ipc socket.
+    """A new directory that only this user may enter, for the engine's ipc socket and its local workers' keys.
 
     Its mode, 0700, is what keeps the machine's other users off a private
-    link: they could otherwise connect to the socket as a worker. mkdtemp
-    makes it so; a file system that ignores modes would not, so the mode is
-    checked.
+    link: they could otherwise connect to the socket as a worker, or read the
+    keys. mkdtemp makes it so; a file system that ignores modes would not, so
+    the mode is checked.
 
     Raises:
         RuntimeError: If the directory is not private after all.
@@ -77,6 +83,45 @@ def make_runtime_dir() -> str:
         shutil.rmtree(path, ignore_errors=True)
         raise RuntimeError(f"{path} has mode {mode:o}, not 700: other users could reach the engine's workers")
     return path
+
+
+def local_endpoint(bound: str) -> str:
+    """Where a process on this machine reaches a socket bound to ``bound``: a wildcard address through loopback."""
+    for wildcard, loopback in (("tcp://0.0.0.0:", "tcp://127.0.0.1:"), ("tcp://[::]:", "tcp://[::1]:")):
+        if bound.startswith(wildcard):
+            return loopback + bound.removeprefix(wildcard)
+    return bound
+
+
+def write_public_key(path: str, public_key: bytes) -> None:
+    """Write a public key file (NAME.key) as ``zmq.auth.load_certificate`` reads it."""
+    Path(path).write_text(f'curve\n    public-key = "{public_key.decode()}"\n')
+
+
+@dataclass(frozen=True)
+class LocalWorkerAccess:
+    """How a worker on this machine joins the engine.
+
+    Parameters:
+        endpoint: Where it connects.
+        curve_secret_key_file: Its secret key file on a Curve link, else empty.
+        curve_server_key_file: The engine's public key file on a Curve link, else empty.
+    """
+
+    endpoint: str
+    curve_secret_key_file: str = ""
+    curve_server_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class AuthorizedKeys:
+    """The public keys (z85) of the workers the engine lets in; pyzmq's authenticator asks ``callback``."""
+
+    keys: frozenset[bytes]
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """Whether a connecting worker's key is one of them."""
+        return key in self.keys
 
 
 OnSessionMessage = Callable[[WorkerHandle, SessionMessage, list], None]
@@ -108,6 +153,7 @@ class WorkerLink:
         self.settings = settings
         self.engine_id = engine_id
         self.endpoint = settings.engine_endpoint
+        self.local_access: LocalWorkerAccess | None = None
         self.registry: WorkerRegistry | None = None
         self.loop_lag_ms = 0.0
         self._on_session_message = on_session_message
@@ -124,22 +170,23 @@ class WorkerLink:
     def start(self) -> None:
         """Bind the socket (on a private ipc endpoint if none is set) and serve the workers.
 
-        The endpoint then reads as bound (a tcp port given as ``*`` resolved).
+        The endpoint then reads as bound (a tcp port given as ``*`` resolved),
+        and ``local_access`` tells how this machine's workers join.
 
         Raises:
             ValueError: If ``curve_authorized_keys_dir`` is not a directory.
             RuntimeError: If the private runtime directory is not private.
         """
+        remove_stale_runtime_dirs()
+        self._runtime_dir = make_runtime_dir()
         if not self.endpoint:
-            remove_stale_runtime_dirs()
-            self._runtime_dir = make_runtime_dir()
             self.endpoint = f"ipc://{self._runtime_dir}/engine.sock"
-        if self.settings.curve_secret_key_file:
-            self._start_authenticator()
+        local_keys = self._start_authenticator() if self.settings.curve_secret_key_file else ()
         self._router = bind_router(
             self._context, self.endpoint, self.settings.curve_secret_key_file, self.settings.worker_dead_after_s
         )
         self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.local_access = LocalWorkerAccess(local_endpoint(self.endpoint), *local_keys)
         self.registry = WorkerRegistry(self._router, self._on_drop)
         self._tasks = [
             asyncio.create_task(self._receive(), name="engine-receive"),
@@ -149,14 +196,31 @@ class WorkerLink:
             self._tasks.append(asyncio.create_task(self._log_refusals(), name="engine-refusals"))
         self.log.info(f"engine {self.engine_id} listening for workers on {self.endpoint}")
 
-    def _start_authenticator(self) -> None:
-        """Let only workers whose public key is in curve_authorized_keys_dir connect."""
+    def _start_authenticator(self) -> tuple[str, str]:
+        """Let in only the workers whose public key is in curve_authorized_keys_dir, and this engine's local workers.
+
+        The local workers get a key pair made for this run, in the private
+        runtime directory (only this user reads it, and it goes with the
+        engine), so the operator makes and authorizes keys for remote workers
+        only, and a local worker's key is worth nothing once its engine stops.
+        The directory's keys are read once, here.
+
+        Returns:
+            The local workers' secret key file and the engine's public key file.
+        """
         keys_dir = self.settings.curve_authorized_keys_dir
         if not os.path.isdir(keys_dir):
             raise ValueError(f"curve_authorized_keys_dir: {keys_dir!r} is not a directory")
+        local_public_file, local_secret_file = zmq.auth.create_certificates(self._runtime_dir, LOCAL_WORKER_KEY_NAME)
+        local_public_key, _ = zmq.auth.load_certificate(local_public_file)
+        _, engine_secret_key = zmq.auth.load_certificate(self.settings.curve_secret_key_file)
+        engine_public_file = os.path.join(self._runtime_dir, ENGINE_PUBLIC_KEY_FILE)
+        write_public_key(engine_public_file, zmq.curve_public(engine_secret_key))
+        authorized = AuthorizedKeys(frozenset(zmq.auth.load_certificates(keys_dir)) | {local_public_key})
         self._authenticator = AsyncioAuthenticator(self._context)
         self._authenticator.start()
-        self._authenticator.configure_curve(domain="*", location=keys_dir)
+        self._authenticator.configure_curve_callback(domain="*", credentials_provider=authorized)
+        return local_secret_file, engine_public_file
 
     async def _log_refusals(self) -> None:
         monitor = self._router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)

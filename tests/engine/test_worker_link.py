@@ -21,7 +21,12 @@ from engine.common.protocol import (
     WorkerRegister,
     WorkerStop,
 )
-from engine.worker_link import RUNTIME_DIR_PREFIX, WorkerLink, remove_stale_runtime_dirs
+from engine.worker_link import (
+    RUNTIME_DIR_PREFIX,
+    WorkerLink,
+    local_endpoint,
+    remove_stale_runtime_dirs,
+)
 from tests.support.engines import (
     curve_keys,
     engine_settings,
@@ -275,6 +280,19 @@ async def test_only_this_user_may_reach_an_ipc_link():
     # An endpoint the operator chose may be in a directory others can enter: its socket is this user's alone.
     async with running_link() as (link, _):
         assert mode_of(Path(link.endpoint.removeprefix("ipc://"))) == 0o600
+
+
+@pytest.mark.parametrize(
+    "bound, local",
+    [
+        ("tcp://0.0.0.0:7861", "tcp://127.0.0.1:7861"),
+        ("tcp://[::]:7861", "tcp://[::1]:7861"),
+        ("tcp://10.0.0.5:7861", "tcp://10.0.0.5:7861"),
+        ("ipc:///run/engine.sock", "ipc:///run/engine.sock"),
+    ],
+)
+def test_local_workers_reach_a_wildcard_address_through_loopback(bound, local):
+    assert local_endpoint(bound) == local
 
 
 async def test_curve_needs_a_directory_of_authorized_keys(tmp_path):
