@@ -49,11 +49,16 @@ class LocalWorkers:
 
     async def _spawn(self, slot: ProcessSlot) -> None:
         config = ["--config", self._config_file] if self._config_file else []
+        access = self._engine.local_access
         slot.process = await asyncio.create_subprocess_exec(
             # -P: the directory serve runs from is not searched first, so a transport.py,
             # engine.py or workers/ there cannot stand in for the host's own (workers/__main__.py).
             sys.executable, "-P", "-m", "workers",
-            "--engine", self._engine.endpoint,
+            "--engine", access.endpoint,
+            # The engine's keys for its local workers, or none: never the curve_* settings they would
+            # read from the configuration they share with the engine, which name the engine's own key.
+            "--curve-secret-key", access.curve_secret_key_file,
+            "--curve-server-key", access.curve_server_key_file,
             "--worker-id", slot.name,
             "--bot", self._settings.bot,
             "--log-level", self._settings.log_level,

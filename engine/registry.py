@@ -55,6 +55,8 @@ class WorkerHandle:
     sessions: set[str] = field(default_factory=set)
     pump_task: asyncio.Task | None = None
     lost_reason: str | None = None
+    # The CurveZMQ public key (z85) it registered with; None on a link without Curve.
+    key: str | None = None
 
     @property
     def alive(self) -> bool:
@@ -126,7 +128,7 @@ class WorkerRegistry:
         """The live worker with this id."""
         return self._workers.get(worker_id)
 
-    def add(self, worker_id: str, pid: int, hostname: str, capacity: int) -> WorkerHandle:
+    def add(self, worker_id: str, pid: int, hostname: str, capacity: int, key: str | None = None) -> WorkerHandle:
         """Register a worker (again, if it reconnected) and start sending to it."""
         identity = worker_id.encode()
         handle = WorkerHandle(
@@ -135,6 +137,7 @@ class WorkerRegistry:
             hostname=hostname,
             capacity=capacity,
             outbox=Outbox(f"outbox to worker {worker_id}", self._on_drop),
+            key=key,
         )
 
         async def send(parts: Frames) -> None:

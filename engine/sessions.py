@@ -24,7 +24,7 @@ from engine.ice import announce_address, restrict_host_addresses
 from engine.metrics import HostMetrics, SessionOutcome
 from engine.peer import PeerActor, SignalingError
 from engine.registry import WorkerHandle, WorkerRegistry
-from engine.worker_link import WorkerLink
+from engine.worker_link import LocalWorkerAccess, WorkerLink
 
 # The objects a session is made of in the engine, counted on SIGUSR1 to see whether ended sessions are freed.
 SESSION_OBJECT_TYPES = (
@@ -83,6 +83,11 @@ class Engine:
     def endpoint(self) -> str:
         """Where workers reach the engine (a private ipc endpoint once started, if none was set)."""
         return self._link.endpoint
+
+    @property
+    def local_access(self) -> LocalWorkerAccess | None:
+        """How a worker on this machine joins the engine (None until started)."""
+        return self._link.local_access
 
     @property
     def registry(self) -> WorkerRegistry | None:

@@ -4,15 +4,21 @@ It binds the ROUTER socket the workers connect to (behind CurveZMQ when
 configured), registers the workers that join, reads their heartbeats and
 sends the engine's. It knows nothing of peers: it hands its owner each
 session message a worker sends, and each worker it declares lost.
+
+Who may speak for a worker: on a Curve link, a worker id is bound to the key
+the worker registered with, and nothing sent under that id with another key
+is taken; on an ipc:// link, only this user can connect at all.
 """
 
 import asyncio
 import getpass
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -22,7 +28,7 @@ from loguru import logger
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from engine.common.link import bind_router, frames
+from engine.common.link import bind_router, frames, sender_key
 from engine.common.protocol import (
     EngineHeartbeat,
     MediaLane,
@@ -36,8 +42,13 @@ from engine.common.protocol import (
 from engine.common.settings import HostSettings
 from engine.registry import WorkerHandle, WorkerRegistry
 
-# The private directory of an engine's ipc socket: <tmp>/smallwebrtc-host-<engine pid>-<random>.
+# The private directory of an engine's ipc socket and its local workers' keys:
+# <tmp>/smallwebrtc-host-<engine pid>-<random>.
 RUNTIME_DIR_PREFIX = "smallwebrtc-host-"
+# The key pair an engine makes for its local workers on a Curve link (NAME.key, NAME.key_secret),
+# and its own public key for them, in its runtime directory.
+LOCAL_WORKER_KEY_NAME = "local-worker"
+ENGINE_PUBLIC_KEY_FILE = "engine.key"
 
 
 def remove_stale_runtime_dirs() -> None:
@@ -53,6 +64,64 @@ def remove_stale_runtime_dirs() -> None:
             shutil.rmtree(path, ignore_errors=True)
         except PermissionError:
             pass  # another user's live process
+
+
+def make_runtime_dir() -> str:
+    """A new directory that only this user may enter, for the engine's ipc socket and its local workers' keys.
+
+    Its mode, 0700, is what keeps the machine's other users off a private
+    link: they could otherwise connect to the socket as a worker, or read the
+    keys. mkdtemp makes it so; a file system that ignores modes would not, so
+    the mode is checked.
+
+    Raises:
+        RuntimeError: If the directory is not private after all.
+    """
+    path = tempfile.mkdtemp(prefix=f"{RUNTIME_DIR_PREFIX}{os.getpid()}-")
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode != 0o700:
+        shutil.rmtree(path, ignore_errors=True)
+        raise RuntimeError(f"{path} has mode {mode:o}, not 700: other users could reach the engine's workers")
+    return path
+
+
+def local_endpoint(bound: str) -> str:
+    """Where a process on this machine reaches a socket bound to ``bound``: a wildcard address through loopback."""
+    for wildcard, loopback in (("tcp://0.0.0.0:", "tcp://127.0.0.1:"), ("tcp://[::]:", "tcp://[::1]:")):
+        if bound.startswith(wildcard):
+            return loopback + bound.removeprefix(wildcard)
+    return bound
+
+
+def write_public_key(path: str, public_key: bytes) -> None:
+    """Write a public key file (NAME.key) as ``zmq.auth.load_certificate`` reads it."""
+    Path(path).write_text(f'curve\n    public-key = "{public_key.decode()}"\n')
+
+
+@dataclass(frozen=True)
+class LocalWorkerAccess:
+    """How a worker on this machine joins the engine.
+
+    Parameters:
+        endpoint: Where it connects.
+        curve_secret_key_file: Its secret key file on a Curve link, else empty.
+        curve_server_key_file: The engine's public key file on a Curve link, else empty.
+    """
+
+    endpoint: str
+    curve_secret_key_file: str = ""
+    curve_server_key_file: str = ""
+
+
+@dataclass(frozen=True)
+class AuthorizedKeys:
+    """The public keys (z85) of the workers the engine lets in; pyzmq's authenticator asks ``callback``."""
+
+    keys: frozenset[bytes]
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """Whether a connecting worker's key is one of them."""
+        return key in self.keys
 
 
 OnSessionMessage = Callable[[WorkerHandle, SessionMessage, list], None]
@@ -88,6 +157,7 @@ class WorkerLink:
         self.settings = settings
         self.engine_id = engine_id
         self.endpoint = settings.engine_endpoint
+        self.local_access: LocalWorkerAccess | None = None
         self.registry: WorkerRegistry | None = None
         self.loop_lag_ms = 0.0
         self._on_session_message = on_session_message
@@ -107,16 +177,23 @@ class WorkerLink:
     def start(self) -> None:
         """Bind the socket (on a private ipc endpoint if none is set) and serve the workers.
 
+        The endpoint then reads as bound (a tcp port given as ``*`` resolved),
+        and ``local_access`` tells how this machine's workers join.
+
         Raises:
             ValueError: If ``curve_authorized_keys_dir`` is not a directory.
+            RuntimeError: If the private runtime directory is not private.
         """
+        remove_stale_runtime_dirs()
+        self._runtime_dir = make_runtime_dir()
         if not self.endpoint:
-            remove_stale_runtime_dirs()
-            self._runtime_dir = tempfile.mkdtemp(prefix=f"{RUNTIME_DIR_PREFIX}{os.getpid()}-")
             self.endpoint = f"ipc://{self._runtime_dir}/engine.sock"
-        if self.settings.curve_secret_key_file:
-            self._start_authenticator()
-        self._router = bind_router(self._context, self.endpoint, self.settings.curve_secret_key_file)
+        local_keys = self._start_authenticator() if self.settings.curve_secret_key_file else ()
+        self._router = bind_router(
+            self._context, self.endpoint, self.settings.curve_secret_key_file, self.settings.worker_dead_after_s
+        )
+        self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.local_access = LocalWorkerAccess(local_endpoint(self.endpoint), *local_keys)
         self._router_now = zmq.Socket.shadow(self._router)
         self.registry = WorkerRegistry(self._router, self._on_drop)
         self._tasks = [
@@ -127,14 +204,31 @@ class WorkerLink:
             self._tasks.append(asyncio.create_task(self._log_refusals(), name="engine-refusals"))
         self.log.info(f"engine {self.engine_id} listening for workers on {self.endpoint}")
 
-    def _start_authenticator(self) -> None:
-        """Let only workers whose public key is in curve_authorized_keys_dir connect."""
+    def _start_authenticator(self) -> tuple[str, str]:
+        """Let in only the workers whose public key is in curve_authorized_keys_dir, and this engine's local workers.
+
+        The local workers get a key pair made for this run, in the private
+        runtime directory (only this user reads it, and it goes with the
+        engine), so the operator makes and authorizes keys for remote workers
+        only, and a local worker's key is worth nothing once its engine stops.
+        The directory's keys are read once, here.
+
+        Returns:
+            The local workers' secret key file and the engine's public key file.
+        """
         keys_dir = self.settings.curve_authorized_keys_dir
         if not os.path.isdir(keys_dir):
             raise ValueError(f"curve_authorized_keys_dir: {keys_dir!r} is not a directory")
+        local_public_file, local_secret_file = zmq.auth.create_certificates(self._runtime_dir, LOCAL_WORKER_KEY_NAME)
+        local_public_key, _ = zmq.auth.load_certificate(local_public_file)
+        _, engine_secret_key = zmq.auth.load_certificate(self.settings.curve_secret_key_file)
+        engine_public_file = os.path.join(self._runtime_dir, ENGINE_PUBLIC_KEY_FILE)
+        write_public_key(engine_public_file, zmq.curve_public(engine_secret_key))
+        authorized = AuthorizedKeys(frozenset(zmq.auth.load_certificates(keys_dir)) | {local_public_key})
         self._authenticator = AsyncioAuthenticator(self._context)
         self._authenticator.start()
-        self._authenticator.configure_curve(domain="*", location=keys_dir)
+        self._authenticator.configure_curve_callback(domain="*", credentials_provider=authorized)
+        return local_secret_file, engine_public_file
 
     async def _log_refusals(self) -> None:
         monitor = self._router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
@@ -161,6 +255,8 @@ class WorkerLink:
         await asyncio.sleep(0.2)
         for task in self._tasks:
             task.cancel()
+        # Their sockets (the refusals' monitor) close as they end; the context waits for every socket.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for handle in self.registry or []:
             self.registry.remove(handle, "engine stopped")
         if self._router is not None:
@@ -181,15 +277,18 @@ class WorkerLink:
                 self.log.warning(f"dropping an unreadable message from worker {identity}: {e}")
                 continue
             try:
-                self._dispatch(identity, message, parts[2:])
+                self._dispatch(identity, sender_key(parts[1]), message, parts[2:])
             except Exception:
                 self.log.exception(f"error handling {type(message).__name__} from worker {identity}")
 
-    def _dispatch(self, worker_id: str, message, payload: list) -> None:
-        if isinstance(message, WorkerRegister):
-            self._register(worker_id, message)
-            return
+    def _dispatch(self, worker_id: str, key: str | None, message, payload: list) -> None:
         handle = self.registry.get(worker_id)
+        if handle is not None and handle.key != key:
+            self._refuse_other_key(handle, key, message)
+            return
+        if isinstance(message, WorkerRegister):
+            self._register(worker_id, key, message)
+            return
         if handle is None:
             self.log.debug(f"ignoring {type(message).__name__} from unregistered worker {worker_id}")
             if isinstance(message, WorkerHeartbeat):
@@ -213,7 +312,28 @@ class WorkerLink:
         except zmq.ZMQError as e:
             self.log.debug(f"could not tell worker {worker_id} {type(message).__name__}: {e}")
 
-    def _register(self, worker_id: str, message: WorkerRegister) -> None:
+    def _refuse_other_key(self, handle: WorkerHandle, key: str | None, message) -> None:
+        """Take nothing sent under a registered worker's id with a key other than the one it registered with.
+
+        The socket lets one connection at a time hold an id, so such a message
+        means the worker's own connection is gone and another holds its id:
+        everything the engine sent the worker would now reach that connection.
+        So the worker is lost at once (its sessions move to other workers),
+        rather than kept until its heartbeats are missed.
+        """
+        if isinstance(message, WorkerRegister):
+            self.log.error(
+                f"refused a registration as worker {handle.worker_id} with key {key}: "
+                f"that worker registered with key {handle.key}"
+            )
+        else:
+            self.log.warning(
+                f"dropped {type(message).__name__} sent as worker {handle.worker_id} with key {key}: "
+                f"that worker registered with key {handle.key}"
+            )
+        self.lose(handle, "its id is held by a connection with another key")
+
+    def _register(self, worker_id: str, key: str | None, message: WorkerRegister) -> None:
         existing = self.registry.get(worker_id)
         if existing is not None:
             self.lose(existing, "registered again (restarted)")
@@ -224,9 +344,12 @@ class WorkerLink:
             self.log.warning(
                 f"worker {worker_id} claims capacity {message.capacity}; it gets this engine's worker_capacity, {capacity}"
             )
-        handle = self.registry.add(worker_id, message.pid, message.hostname, capacity)
+        handle = self.registry.add(worker_id, message.pid, message.hostname, capacity, key)
         handle.outbox.send(WorkerAccept(self.engine_id))
-        self.log.info(f"worker {worker_id} joined (pid {message.pid} on {message.hostname}, capacity {handle.capacity})")
+        with_key = f", key {key}" if key else ""
+        self.log.info(
+            f"worker {worker_id} joined (pid {message.pid} on {message.hostname}, capacity {handle.capacity}{with_key})"
+        )
 
     def lose(self, handle: WorkerHandle, reason: str) -> None:
         """Declare a worker lost: out of the registry, and its owner told (who moves its sessions).

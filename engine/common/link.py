@@ -7,6 +7,7 @@ so a slow reader only ever fills (and drops from) its own mailbox.
 """
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 
 import zmq
@@ -75,25 +76,69 @@ class Outbox:
             await send(await self.mailbox.get())
 
 
-def bind_router(context: zmq.asyncio.Context, endpoint: str, curve_secret_key_file: str = "") -> zmq.asyncio.Socket:
+def bind_router(
+    context: zmq.asyncio.Context, endpoint: str, curve_secret_key_file: str = "", silent_after_s: float = 3.0
+) -> zmq.asyncio.Socket:
     """The engine's socket, bound to ``endpoint``.
 
     It reports a full or vanished worker pipe instead of silently dropping, so
-    the sender can retry (full) or give up (gone). With a CurveZMQ key it is a
-    Curve server: the link is encrypted, and the context's authenticator
-    decides which worker keys may connect.
+    the sender can retry (full) or give up (gone).
+
+    A worker id belongs to the one connection that holds it: libzmq ignores a
+    second connection presenting an id in use (there is no ROUTER_HANDOVER), so
+    naming a live worker gets nobody its sessions' messages. For the id of a
+    worker whose machine or network went away without closing the connection
+    to come free, the socket sends ZMTP heartbeats and closes a connection
+    that sends nothing, not even their answers, for ``silent_after_s``.
+
+    With a CurveZMQ key it is a Curve server: the link is encrypted, and the
+    context's authenticator decides which worker keys may connect. An ipc://
+    socket has no keys: its file is made readable and writable by this user
+    only (connecting needs write access), so no other user of the machine can
+    join as a worker. It is made so as it is bound, as a chmod after the bind
+    would leave a moment in which another user could connect, and stay.
+
+    Args:
+        context: The engine's context.
+        endpoint: ``ipc://path`` or ``tcp://address:port``.
+        curve_secret_key_file: The engine's secret key file, for a Curve server.
+        silent_after_s: How long a connection may send nothing before it is closed.
     """
     socket = context.socket(zmq.ROUTER)
     if curve_secret_key_file:
         socket.curve_publickey, socket.curve_secretkey = zmq.auth.load_certificate(curve_secret_key_file)
         socket.curve_server = True
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
     socket.setsockopt(zmq.SNDHWM, PIPE_HWM)
     socket.setsockopt(zmq.RCVHWM, PIPE_HWM)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.bind(endpoint)
+    # A ping every third of the timeout: one late answer does not close a live connection.
+    socket.setsockopt(zmq.HEARTBEAT_IVL, max(1, round(silent_after_s * 1000 / 3)))
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, round(silent_after_s * 1000)))
+    # libzmq creates an ipc socket's file in this thread, during bind: the umask decides its mode.
+    umask = os.umask(0o177) if endpoint.startswith("ipc://") else None
+    try:
+        socket.bind(endpoint)
+    finally:
+        if umask is not None:
+            os.umask(umask)
     return socket
+
+
+def sender_key(frame: zmq.Frame) -> str | None:
+    """The CurveZMQ public key (z85) that the sender of a received frame authenticated with.
+
+    The engine's authenticator gives each connection it lets in this key as
+    its ZAP User-Id, and libzmq attaches it to every message of the
+    connection: a peer cannot choose it, unlike its socket identity.
+
+    Returns:
+        The key, or None for a connection without Curve (an ipc:// link).
+    """
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
 
 
 def connect_dealer(
@@ -103,7 +148,12 @@ def connect_dealer(
     curve_secret_key_file: str = "",
     curve_server_key_file: str = "",
 ) -> zmq.asyncio.Socket:
-    """A worker's socket, connected to the engine at ``endpoint`` (with its CurveZMQ keys, if given)."""
+    """A worker's socket, connected to the engine at ``endpoint`` (with its CurveZMQ keys, if given).
+
+    It sends no ZMTP heartbeats of its own: a worker that hears nothing from
+    the engine for engine_silent_after_s leaves, and a new connection would not
+    register it again anyway.
+    """
     socket = context.socket(zmq.DEALER)
     if curve_secret_key_file:
         socket.curve_publickey, socket.curve_secretkey = zmq.auth.load_certificate(curve_secret_key_file)

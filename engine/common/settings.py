@@ -299,12 +299,14 @@ class HostSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _tcp_needs_curve(self) -> "HostSettings":
-        if self.engine_endpoint.startswith("tcp://") and not (
+    def _open_endpoint_needs_curve(self) -> "HostSettings":
+        # Other machines reach a tcp:// endpoint, and every local user an abstract ipc://@ one
+        # (it has no file, so no permissions): only keys tell workers from strangers there.
+        if self.engine_endpoint.startswith(("tcp://", "ipc://@")) and not (
             self.curve_secret_key_file and self.curve_authorized_keys_dir
         ):
             raise ValueError(
-                "engine_endpoint: a tcp:// endpoint needs curve_secret_key_file and "
+                "engine_endpoint: a tcp:// (or abstract ipc://@) endpoint needs curve_secret_key_file and "
                 "curve_authorized_keys_dir, so only workers with an accepted key can join "
                 "(make keys with 'smallwebrtc-host keys')"
             )

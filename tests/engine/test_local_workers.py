@@ -5,22 +5,13 @@ import os
 import signal
 
 import pytest
-from loguru import logger
+import zmq.auth
 
 from engine import processes
 from engine.local_workers import LocalWorkers
 from engine.sessions import Engine
-from tests.support.engines import engine_settings
+from tests.support.engines import curve_keys, engine_settings
 from tests.support.link import private_endpoint, until
-
-
-@pytest.fixture
-def log_messages():
-    """Every message logged while the test runs."""
-    messages: list[str] = []
-    sink = logger.add(messages.append, format="{message}")
-    yield messages
-    logger.remove(sink)
 
 
 @pytest.fixture
@@ -32,10 +23,16 @@ def short_restart_delay(monkeypatch):
 
 
 @contextlib.asynccontextmanager
-async def engine_with_local_workers(count: int, config_file: str | None = None):
-    """An engine and ``count`` local workers, stopped in the order ``serve`` stops them."""
+async def engine_with_local_workers(count: int, config_file: str | None = None, **overrides):
+    """An engine and ``count`` local workers, stopped in the order ``serve`` stops them.
+
+    Args:
+        count: Local workers.
+        config_file: The configuration file the workers read.
+        **overrides: Host settings (by default the workers join on a private ipc endpoint).
+    """
     with private_endpoint() as endpoint:
-        engine = Engine(engine_settings(endpoint, workers=count))
+        engine = Engine(engine_settings(endpoint, workers=count, **overrides))
         await engine.start()
         workers = LocalWorkers(engine, engine.settings, config_file)
         try:
@@ -56,6 +53,18 @@ async def test_the_workers_join_their_engine_and_leave_with_it():
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_over_tcp_the_workers_join_with_a_key_the_engine_made_for_them(tmp_path, monkeypatch):
+    # The operator authorized no worker key; the configuration the workers share with the engine
+    # names the engine's own secret key, which is not theirs to use.
+    curve, _ = curve_keys(tmp_path)
+    monkeypatch.setenv("SMALLWEBRTC_HOST_CURVE_SECRET_KEY_FILE", curve["curve_secret_key_file"])
+    async with engine_with_local_workers(2, engine_endpoint="tcp://127.0.0.1:*", **curve) as (engine, _):
+        joined = await until(lambda: len(list(engine.registry)) == 2 and list(engine.registry), timeout=30)
+        local_public_key, _ = zmq.auth.load_certificate(engine.local_access.curve_secret_key_file)
+        assert {worker.key for worker in joined} == {local_public_key.decode()}
+        assert engine.local_access.endpoint == engine.endpoint and engine.endpoint.startswith("tcp://127.0.0.1:")
 
 
 async def test_a_worker_that_dies_is_lost_at_once_and_restarted_under_its_id(short_restart_delay, log_messages):

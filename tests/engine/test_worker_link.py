@@ -3,9 +3,12 @@
 import asyncio
 import contextlib
 import os
+import signal
+import stat
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -15,11 +18,26 @@ from engine.common.protocol import (
     SessionClose,
     WorkerAccept,
     WorkerHeartbeat,
+    WorkerRegister,
     WorkerStop,
 )
-from engine.worker_link import RUNTIME_DIR_PREFIX, WorkerLink, remove_stale_runtime_dirs
-from tests.support.engines import engine_settings, stand_in_workers
+from engine.worker_link import (
+    RUNTIME_DIR_PREFIX,
+    WorkerLink,
+    local_endpoint,
+    remove_stale_runtime_dirs,
+)
+from tests.support.engines import (
+    curve_keys,
+    engine_settings,
+    stand_in_once_its_id_is_free,
+    stand_in_workers,
+)
+from tests.support.host import REPO
 from tests.support.link import private_endpoint, until
+
+# A tcp endpoint on loopback, on a port the system picks.
+LOOPBACK_ANY_PORT = "tcp://127.0.0.1:*"
 
 
 class Owner:
@@ -140,6 +158,95 @@ async def test_a_worker_that_registers_again_was_restarted():
         assert link.registry.get("w1") is not first and not first.alive
 
 
+async def test_a_second_connection_with_a_live_workers_id_gets_nothing_and_changes_nothing():
+    async with running_link(heartbeat_interval_s=0.1) as (link, owner), stand_in_workers(link.endpoint, "w1") as (worker,):
+        await worker.register()
+        handle = link.registry.get("w1")
+        async with stand_in_workers(link.endpoint, "w1") as (impostor,):
+            await impostor.send(WorkerRegister("w1", 666, "impostor", 4))
+            await impostor.send(AppMessageOut("pc-1", "from the impostor"))
+            # The engine goes on sending to the worker, and hearing it alone.
+            for _ in range(5):
+                await worker.expect(EngineHeartbeat)
+            await worker.send(AppMessageOut("pc-1", "from the worker"))
+            await until(lambda: owner.session_messages)
+            assert owner.session_messages == [("w1", AppMessageOut("pc-1", "from the worker"), [])]
+            assert link.registry.get("w1") is handle and handle.pid == os.getpid() and not owner.lost
+            assert await impostor.socket.poll(0) == 0
+
+
+async def test_the_id_of_a_worker_that_stopped_answering_comes_free():
+    # A stopped process keeps its connection open, as a machine cut off from the network does:
+    # only the socket's own heartbeats can tell that nobody answers on it.
+    async with running_link(heartbeat_interval_s=0.1, worker_dead_after_s=1.0) as (link, owner):
+        frozen = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "workers", "--engine", link.endpoint, "--worker-id", "w1",
+            "--bot", "tests.support.workers:greeter", cwd=REPO, env={**os.environ, "SMALLWEBRTC_HOST_HEARTBEAT_INTERVAL_S": "0.1"},
+        )
+        try:
+            await until(lambda: (handle := link.registry.get("w1")) and handle.pid == frozen.pid, timeout=30)
+            os.kill(frozen.pid, signal.SIGSTOP)
+            register = WorkerRegister("w1", os.getpid(), "stand-in", 4)
+
+            def stand_in_joined():
+                return (handle := link.registry.get("w1")) and handle.pid == os.getpid()
+
+            async with stand_in_once_its_id_is_free(link.endpoint, "w1", register, stand_in_joined):
+                assert [worker_id for worker_id, _ in owner.lost] == ["w1"]
+        finally:
+            frozen.kill()
+            await frozen.wait()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """The engine's curve settings, and the keys of two workers it accepts, a and b."""
+    return curve_keys(tmp_path, "a", "b")
+
+
+@contextlib.asynccontextmanager
+async def worker_a_gone(keys):
+    """A link over CurveZMQ on which worker w1 registered with key a, then closed its connection.
+
+    No heartbeat goes to w1 while the test runs: the engine can learn that its
+    connection is gone only from what the next holder of its id sends.
+    """
+    curve, worker_keys = keys
+    settings = {"engine_endpoint": LOOPBACK_ANY_PORT, "heartbeat_interval_s": 60, "worker_dead_after_s": 60, **curve}
+    async with running_link(**settings) as (link, owner):
+        async with stand_in_workers(link.endpoint, "w1", keys=worker_keys["a"]) as (worker,):
+            await worker.register()
+        yield link, owner
+
+
+async def test_a_registration_as_a_worker_with_another_key_is_refused_and_that_worker_is_lost(keys, log_messages):
+    async with worker_a_gone(keys) as (link, owner):
+        register = WorkerRegister("w1", os.getpid(), "other", 4)
+        async with stand_in_once_its_id_is_free(link.endpoint, "w1", register, lambda: owner.lost, keys=keys[1]["b"]) as other:
+            # What the engine would send w1 now reaches this connection: w1's sessions must move.
+            assert owner.lost == [("w1", "its id is held by a connection with another key")]
+            assert any(m.startswith("refused a registration as worker w1 with key") for m in log_messages)
+            assert link.registry.get("w1") is None and await other.socket.poll(0) == 0
+
+
+async def test_a_message_sent_as_a_worker_with_another_key_is_dropped_and_that_worker_is_lost(keys, log_messages):
+    async with worker_a_gone(keys) as (link, owner):
+        message = AppMessageOut("pc-1", '{"from": "b"}')
+        async with stand_in_once_its_id_is_free(link.endpoint, "w1", message, lambda: owner.lost, keys=keys[1]["b"]):
+            assert owner.lost == [("w1", "its id is held by a connection with another key")]
+            assert owner.session_messages == []
+            assert any(m.startswith("dropped AppMessageOut sent as worker w1 with key") for m in log_messages)
+
+
+async def test_a_worker_that_comes_back_with_its_own_key_is_heard_as_before(keys):
+    async with worker_a_gone(keys) as (link, owner):
+        handle = link.registry.get("w1")
+        message = AppMessageOut("pc-1", '{"from": "a"}')
+        async with stand_in_once_its_id_is_free(link.endpoint, "w1", message, lambda: owner.session_messages, keys=keys[1]["a"]):
+            assert owner.session_messages == [("w1", message, [])]
+            assert link.registry.get("w1") is handle and not owner.lost
+
+
 async def test_a_local_worker_whose_process_exits_is_lost_at_once():
     async with running_link() as (link, owner), stand_in_workers(link.endpoint, "w1") as (worker,):
         await worker.register()
@@ -173,6 +280,38 @@ async def test_stop_tells_every_worker_to_leave_and_removes_its_private_endpoint
         await link.stop()
         assert await worker.expect(WorkerStop) == WorkerStop("engine stopping")
     assert not os.path.exists(socket_file)
+
+
+def mode_of(path: Path) -> int:
+    """A file's permission bits."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_only_this_user_may_reach_an_ipc_link():
+    owner = Owner()
+    link = WorkerLink(engine_settings(""), "engine-1", owner.session_message, owner.worker_lost)
+    link.start()
+    try:
+        private_socket = Path(link.endpoint.removeprefix("ipc://"))
+        assert (mode_of(private_socket.parent), mode_of(private_socket)) == (0o700, 0o600)
+    finally:
+        await link.stop()
+    # An endpoint the operator chose may be in a directory others can enter: its socket is this user's alone.
+    async with running_link() as (link, _):
+        assert mode_of(Path(link.endpoint.removeprefix("ipc://"))) == 0o600
+
+
+@pytest.mark.parametrize(
+    "bound, local",
+    [
+        ("tcp://0.0.0.0:7861", "tcp://127.0.0.1:7861"),
+        ("tcp://[::]:7861", "tcp://[::1]:7861"),
+        ("tcp://10.0.0.5:7861", "tcp://10.0.0.5:7861"),
+        ("ipc:///run/engine.sock", "ipc:///run/engine.sock"),
+    ],
+)
+def test_local_workers_reach_a_wildcard_address_through_loopback(bound, local):
+    assert local_endpoint(bound) == local
 
 
 async def test_curve_needs_a_directory_of_authorized_keys(tmp_path):

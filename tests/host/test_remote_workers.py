@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import make_keys
-from tests.support.client import TestPeer
+from tests.support.client import TestPeer, bars_match
 from tests.support.host import REPO, SMALL_VIDEO, HostProcess, free_port, host_info
 
 
@@ -30,13 +30,14 @@ def keys(tmp_path):
     }
 
 
-def engine_host(keys: dict, address: str) -> HostProcess:
+def engine_host(keys: dict, address: str, workers: int = 0, *extra_args: str) -> HostProcess:
+    """A host whose engine takes workers over tcp on ``address`` (and runs ``workers`` local ones)."""
     endpoint = f"tcp://{address}:{free_port()}"
     env = {
         "SMALLWEBRTC_HOST_CURVE_SECRET_KEY_FILE": keys["engine_secret"],
         "SMALLWEBRTC_HOST_CURVE_AUTHORIZED_KEYS_DIR": keys["authorized_dir"],
     }
-    host = HostProcess(0, "--engine-endpoint", endpoint, env=env)
+    host = HostProcess(workers, "--engine-endpoint", endpoint, *extra_args, env=env)
     host.endpoint = endpoint
     return host
 
@@ -64,25 +65,46 @@ def worker(keys: dict, endpoint: str, worker_id: str, secret: str, prefix: tuple
             process.wait()
 
 
-async def assert_serves_a_session(host: HostProcess, worker_id: str) -> None:
+async def served_by(host: HostProcess) -> str:
+    """The worker that runs a new session, once the peer got its video echoed."""
     async with TestPeer(host.base_url) as peer:
         await peer.connect(request_data=SMALL_VIDEO)
-        assert (await host_info(peer))["worker_id"] == worker_id
-        await peer.wait_for_video_frames(5)
+        frames = await peer.wait_for_video_frames(5)
+        assert bars_match(frames[-1][1], mirrored=True)
+        return (await host_info(peer))["worker_id"]
+
+
+def assert_refused(host: HostProcess) -> None:
+    """Wait for the host to log that it refused a worker's key."""
+    deadline = time.monotonic() + 30
+    while "refused a worker connection" not in host.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "refused a worker connection" in host.log()
 
 
 async def test_an_accepted_worker_joins_over_tcp_and_a_stranger_is_refused(keys):
     with engine_host(keys, "127.0.0.1") as host:
         with worker(keys, host.endpoint, "worker-1", keys["accepted_secret"]):
             host.wait_for(lambda ws: [w["worker_id"] for w in ws] == ["worker-1"], timeout=30)
-            await assert_serves_a_session(host, "worker-1")
+            assert await served_by(host) == "worker-1"
 
         with worker(keys, host.endpoint, "worker-2", keys["stranger_secret"]):
-            deadline = time.monotonic() + 30
-            while "refused a worker connection" not in host.log() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert "refused a worker connection" in host.log()
+            assert_refused(host)
             assert all(w["worker_id"] != "worker-2" for w in host.workers_status())
+
+
+@pytest.mark.parametrize("engines", [1, 2])
+async def test_local_workers_join_a_tcp_endpoint_with_keys_of_their_own(keys, engines):
+    # The operator authorized no key of theirs: the engine makes one for them. Engine i listens on the port + i.
+    with engine_host(keys, "127.0.0.1", 2, "--engines", str(engines)) as host:
+        local = {w["worker_id"] for w in host.workers_status()}
+        # A local worker's id is its engine's id and its slot.
+        assert len(local) == 2 and len({worker_id.rsplit("-w", 1)[0] for worker_id in local}) == engines
+        assert await served_by(host) in local
+
+        with worker(keys, host.endpoint, "stranger", keys["stranger_secret"]):
+            assert_refused(host)
+            assert {w["worker_id"] for w in host.workers_status()} == local
 
 
 def test_tcp_without_keys_does_not_start():
@@ -130,9 +152,6 @@ async def test_a_worker_in_another_network_namespace(keys):
         with engine_host(keys, engine_address) as host:
             with worker(keys, host.endpoint, "worker-1", keys["accepted_secret"], prefix=in_namespace):
                 host.wait_for(lambda ws: [w["worker_id"] for w in ws] == ["worker-1"], timeout=30)
-                await assert_serves_a_session(host, "worker-1")
+                assert await served_by(host) == "worker-1"
             with worker(keys, host.endpoint, "worker-2", keys["stranger_secret"], prefix=in_namespace):
-                deadline = time.monotonic() + 30
-                while "refused a worker connection" not in host.log() and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                assert "refused a worker connection" in host.log()
+                assert_refused(host)

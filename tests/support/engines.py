@@ -3,12 +3,16 @@
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import zmq.asyncio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from engine.cli import make_keys
 from engine.common.link import connect_dealer, frames
 from engine.common.protocol import (
     FromEngine,
@@ -21,7 +25,7 @@ from engine.common.protocol import (
 from engine.common.settings import HostSettings
 from engine.engine_pool import EnginePool
 from engine.sessions import Engine
-from tests.support.link import private_endpoint
+from tests.support.link import DUE_S, private_endpoint, until
 from tests.support.peers import client_pc, loopback_only
 
 # A trickled candidate that says there are no more (RFC 8840), as the web client PATCHes it.
@@ -65,6 +69,31 @@ async def running_pool(engines: int = 2) -> AsyncIterator[tuple[EnginePool, http
                 await pool.stop(grace_s=5)
 
 
+@dataclass(frozen=True)
+class WorkerKeys:
+    """A worker's CurveZMQ key files: its secret key and the engine's public key."""
+
+    secret_file: str
+    server_file: str
+
+
+def curve_keys(directory: Path, *worker_names: str) -> tuple[dict, dict[str, WorkerKeys]]:
+    """An engine key pair and workers' key pairs, made in ``directory``, the workers' public keys authorized.
+
+    Returns:
+        The engine's curve settings, and each worker's keys by name.
+    """
+    engine_public, engine_secret = make_keys(str(directory / "engine"), "engine")
+    authorized = directory / "authorized"
+    authorized.mkdir()
+    workers = {}
+    for name in worker_names:
+        public, secret = make_keys(str(directory / name), name)
+        shutil.copy(public, authorized)
+        workers[name] = WorkerKeys(secret, engine_public)
+    return {"curve_secret_key_file": engine_secret, "curve_authorized_keys_dir": str(authorized)}, workers
+
+
 class StandInWorker:
     """A worker as the engine sees it: a real DEALER socket the test speaks the protocol on.
 
@@ -73,11 +102,12 @@ class StandInWorker:
     ``keep_beating`` heartbeats in the background as a live worker does.
     """
 
-    def __init__(self, endpoint: str, worker_id: str):
-        """Connect to the engine at ``endpoint`` as ``worker_id``."""
+    def __init__(self, endpoint: str, worker_id: str, keys: WorkerKeys | None = None):
+        """Connect to the engine at ``endpoint`` as ``worker_id`` (over CurveZMQ with ``keys``)."""
         self.worker_id = worker_id
         self.context = zmq.asyncio.Context()
-        self.socket = connect_dealer(self.context, endpoint, worker_id)
+        curve = (keys.secret_file, keys.server_file) if keys else ()
+        self.socket = connect_dealer(self.context, endpoint, worker_id, *curve)
         # What its heartbeats report: the sessions it runs, its memory.
         self.session_ids: tuple[str, ...] = ()
         self.rss_mb = 0.0
@@ -127,14 +157,45 @@ class StandInWorker:
 
 
 @contextlib.asynccontextmanager
-async def stand_in_workers(endpoint: str, *worker_ids: str) -> AsyncIterator[list[StandInWorker]]:
-    """Stand-in workers connected (not yet registered) to ``endpoint``; closed afterwards."""
-    workers = [StandInWorker(endpoint, worker_id) for worker_id in worker_ids]
+async def stand_in_workers(
+    endpoint: str, *worker_ids: str, keys: WorkerKeys | None = None
+) -> AsyncIterator[list[StandInWorker]]:
+    """Stand-in workers connected (not yet registered) to ``endpoint`` (with ``keys``, over CurveZMQ); closed afterwards."""
+    workers = [StandInWorker(endpoint, worker_id, keys) for worker_id in worker_ids]
     try:
         yield workers
     finally:
         for worker in workers:
             worker.close()
+
+
+@contextlib.asynccontextmanager
+async def stand_in_once_its_id_is_free(
+    endpoint: str, worker_id: str, first: FromWorker, taken: Callable[[], bool], keys: WorkerKeys | None = None
+) -> AsyncIterator[StandInWorker]:
+    """A stand-in worker connected as ``worker_id`` whose ``first`` message the engine took (``taken()`` holds).
+
+    The engine's socket ignores a connection that presents an id another
+    connection holds, until that one is gone: the stand-in connects again
+    (and sends ``first`` again) until it gets through.
+
+    Raises:
+        TimeoutError: If it has not within ``DUE_S`` times 6.
+    """
+    async with asyncio.timeout(DUE_S * 6):
+        while True:
+            worker = StandInWorker(endpoint, worker_id, keys)
+            await worker.send(first)
+            try:
+                await until(taken, timeout=1.0)
+                break
+            except TimeoutError:
+                worker.close()
+    try:
+        yield worker
+    finally:
+        worker.close()
+
 
 
 @contextlib.asynccontextmanager

@@ -63,6 +63,14 @@ def test_invalid_settings_name_the_setting(field, value):
         load_settings(**{field: value})
 
 
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:7861", "ipc://@smallwebrtc-engine"])
+def test_an_endpoint_other_users_reach_needs_curve_keys(endpoint):
+    # An abstract ipc socket has no file, so no permissions: any local user may connect to it.
+    with pytest.raises(ValidationError, match="curve_secret_key_file"):
+        load_settings(engine_endpoint=endpoint)
+    load_settings(engine_endpoint=endpoint, curve_secret_key_file="engine.key_secret", curve_authorized_keys_dir="keys")
+
+
 def test_unknown_setting_in_the_file_is_refused(tmp_path):
     config = tmp_path / "host.toml"
     config.write_text("prot = 1\n")
