@@ -34,6 +34,7 @@ from engine.common.protocol import (
     decode_from_engine,
 )
 from engine.common.settings import BotSpec, HostSettings
+from workers.memory import freeze_startup_objects, release_ended_sessions
 from workers.session import Bot, Session
 
 # A stopping worker gives the engine this long to receive its last messages.
@@ -254,9 +255,18 @@ class Worker:
             self._frames_dropped_ended += session.connection.frames_dropped
             if self._draining and not self.sessions:
                 self._stopping.set()
+            # Once this callback, which still holds the session, has returned.
+            asyncio.get_running_loop().call_soon(self._release_memory)
 
         task.add_done_callback(ended)
         session.log.info(f"session {opening.session_id} started on worker {self.worker_id}")
+
+    def _release_memory(self) -> None:
+        # Without this a worker grows by what its ended sessions' pipelines held (issue 10).
+        started = time.perf_counter()
+        release_ended_sessions()
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.log.debug(f"worker {self.worker_id}: ended sessions' memory released in {elapsed_ms:.1f} ms")
 
     async def _measure_lag(self) -> None:
         # How late the loop wakes up: what every session on this worker suffers too.
@@ -288,4 +298,6 @@ class Worker:
 async def run_worker(settings: HostSettings, endpoint: str, worker_id: str | None = None) -> None:
     """Run one worker until it stops."""
     worker = Worker(settings, endpoint, worker_id or f"{socket.gethostname()}-{os.getpid()}")
+    # After the bot's imports: what is alive now lives as long as the process.
+    freeze_startup_objects()
     await worker.run()

@@ -11,8 +11,9 @@ video for S seconds and leave; the next cycle starts once the host reports no
 session left. After ``--report-after`` cycles (10), and at the end, it prints,
 per host process: RSS, open fds, threads, and the live session objects the
 process reports when sent SIGUSR1 (each engine and worker logs
-``live objects in ...: Session=0 ...``, after a garbage collection). The
-figures to compare are the first report's and the last's.
+``live objects in ...: Session=0 ...``, after a garbage collection), and its
+RSS again after that collection. The figures to compare are the first
+report's and the last's.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def live_objects(host: HostProcess, pids: list[int], timeout: float = 10.0) -> d
     return found
 
 
-def report(host: HostProcess, cycles: int, sessions: int) -> dict[int, float]:
-    """Print the host's processes' RSS, fds, threads and live objects; return RSS by pid."""
+def report(host: HostProcess, cycles: int, sessions: int) -> tuple[dict[int, float], dict[int, float]]:
+    """Print the host's processes' RSS, fds, threads and live objects; return RSS by pid, before and after the collection."""
     pids = procstat.tree(host.process.pid)
     roles = {pid: role(host, pid) for pid in pids}
     answering = [pid for pid in pids if roles[pid] in ("worker", "engine") or (roles[pid] == "main" and "serve" in procstat.cmdline(pid))]
@@ -74,10 +75,14 @@ def report(host: HostProcess, cycles: int, sessions: int) -> dict[int, float]:
     rss = {pid: procstat.memory(pid)["rss_mb"] for pid in pids}
     figures = {pid: f"fds {fds(pid):4}  threads {procstat.threads(pid):3}" for pid in pids}
     objects = live_objects(host, answering)
-    print(f"after {cycles} cycles ({sessions} sessions); objects live/kept after a full collection:", flush=True)
+    collected = {pid: procstat.memory(pid)["rss_mb"] for pid in pids}
+    print(f"after {cycles} cycles ({sessions} sessions); rss before/after the collection; objects live/kept:", flush=True)
     for pid in pids:
-        print(f"  {roles[pid]:6} {pid:>7}  rss {rss[pid]:7.1f} MB  {figures[pid]}  {objects.get(pid, '')}", flush=True)
-    return rss
+        print(
+            f"  {roles[pid]:6} {pid:>7}  rss {rss[pid]:7.1f} / {collected[pid]:7.1f} MB  {figures[pid]}  {objects.get(pid, '')}",
+            flush=True,
+        )
+    return rss, collected
 
 
 async def cycle(url: str, peers: int, seconds: float) -> int:
@@ -115,10 +120,12 @@ async def soak(args: argparse.Namespace) -> None:
                 first = report(host, n, sessions)
         last = report(host, args.cycles, sessions)
         if first:
-            print("RSS growth since the first report:", flush=True)
-            for pid, mb in last.items():
-                if pid in first:
-                    print(f"  {role(host, pid):6} {pid:>7}  {mb - first[pid]:+7.1f} MB", flush=True)
+            (before_first, after_first), (before_last, after_last) = first, last
+            print("RSS growth since the first report (before / after the collection):", flush=True)
+            for pid in before_last:
+                if pid in before_first:
+                    growth = f"{before_last[pid] - before_first[pid]:+7.1f} / {after_last[pid] - after_first[pid]:+7.1f} MB"
+                    print(f"  {role(host, pid):6} {pid:>7}  {growth}", flush=True)
     finally:
         host.stop()
 

@@ -39,6 +39,24 @@ async def greeter(runner_args):
     await closed.wait()
 
 
+# Blocks the hoarder bots leave behind, one between every two of their buffers, as
+# long-lived allocations are: the heap cannot just shrink from its top once they are freed.
+HOARD_PINS: list[bytearray] = []
+HOARD_BLOCKS = 2000
+HOARD_BLOCK_BYTES = 40_000  # from malloc's heap: above pymalloc's 512 bytes, under its mmap threshold
+
+
+async def hoarder(runner_args):
+    """A ``greeter`` that holds 80 MB of heap blocks in a reference cycle, as a Pipecat pipeline holds its frames."""
+    blocks = []
+    for _ in range(HOARD_BLOCKS):
+        blocks.append(bytearray(b"x" * HOARD_BLOCK_BYTES))  # written, so resident
+        HOARD_PINS.append(bytearray(1024))
+    cycle = [blocks]
+    cycle.append(cycle)
+    await greeter(runner_args)
+
+
 class FakeEngine:
     """The engine's end of the link and nothing else: a real ROUTER (``bind_router``) the test drives.
 

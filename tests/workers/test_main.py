@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -13,12 +14,14 @@ import pytest
 
 from engine.common.protocol import (
     AppMessageOut,
+    SessionClose,
     SessionOpen,
+    WorkerHeartbeat,
     WorkerRegister,
     WorkerStop,
 )
 from tests.support.link import ipc_endpoint
-from tests.support.workers import FakeEngine
+from tests.support.workers import HOARD_BLOCK_BYTES, HOARD_BLOCKS, FakeEngine
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(sys.executable).parent / "smallwebrtc-host"
@@ -99,12 +102,18 @@ def test_without_an_engine_it_says_engine_is_required():
     assert "--engine" in done.stderr
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
 @contextlib.asynccontextmanager
-async def worker_process(tmp_path, worker_id: str):
-    """A fake engine, and ``python -m workers`` joining it with the greeter bot (killed at the end if still running)."""
+async def worker_process(tmp_path, worker_id: str, bot: str = GREETER):
+    """A fake engine, and ``python -m workers`` joining it with a bot (killed at the end if still running)."""
     engine = FakeEngine(ipc_endpoint(tmp_path))
     process = await asyncio.create_subprocess_exec(
-        *worker_command("--engine", engine.endpoint, "--worker-id", worker_id, "--bot", GREETER),
+        *worker_command("--engine", engine.endpoint, "--worker-id", worker_id, "--bot", bot),
         cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=asyncio.subprocess.DEVNULL,
@@ -135,3 +144,24 @@ async def test_the_worker_process_exits_cleanly_on_sigterm_when_idle(tmp_path):
         await engine.expect(WorkerRegister, timeout=TIMEOUT_S)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), TIMEOUT_S) == 0
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="other allocators give pages back on their own")
+async def test_the_worker_process_gives_an_ended_sessions_memory_back(tmp_path):
+    hoard_mb = HOARD_BLOCKS * HOARD_BLOCK_BYTES / 2**20
+    async with worker_process(tmp_path, "proc-3", "tests.support.workers:hoarder") as (engine, process):
+        identity, _ = await engine.expect(WorkerRegister, timeout=TIMEOUT_S)
+        await engine.send(identity, SessionOpen("pc-1", "runner-1"))
+        await engine.expect(AppMessageOut, timeout=TIMEOUT_S)
+        holding = rss_mb(process.pid)
+        await engine.send(identity, SessionClose("pc-1", "peer left"))
+        await engine.expect(WorkerHeartbeat, sessions=0, timeout=TIMEOUT_S)
+        # The bot's buffers were in a reference cycle, between blocks still in use: without a
+        # collection and a trim of the heap they would stay.
+        given_back = False
+        for _ in range(50):
+            given_back = rss_mb(process.pid) < holding - hoard_mb * 0.8
+            if given_back:
+                break
+            await asyncio.sleep(0.1)
+        assert given_back, f"{holding:.0f} MB during the session, {rss_mb(process.pid):.0f} MB after"
