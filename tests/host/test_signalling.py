@@ -162,13 +162,15 @@ async def test_a_peer_that_never_connects_is_closed(host):
     assert f"peer {pc_id}: session ends (no connection within the connecting timeout)" in host.log()
 
 
-async def test_messages_for_the_peer_wait_for_the_channel_fifty_at_most(host):
+async def test_messages_a_bot_sends_as_it_starts_arrive_in_order(host):
     async with TestPeer(host.base_url) as peer:
         await peer.connect(request_data=body("chatty"))
         await peer.send_app_message({"type": "marker"})
         await peer.wait_for_message(lambda m: "echo" in m)
         early = [m["index"] for m in peer.messages if m.get("type") == "early"]
-        assert early == list(range(50))
+        # The bot starts once the peer connects, mostly after the channel opened: then all 60
+        # arrive. What comes before it opens waits, 50 at most (tests/engine/peer/test_data_channel.py).
+        assert early[:50] == list(range(50)) and early == sorted(early)
 
 
 async def test_the_screen_share_is_source_screen_video(host):
