@@ -21,17 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import signal
 import sys
-import time
 
 from tests.bench import procstat
 from tests.support.client import TestPeer
 from tests.support.host import HostProcess
 
 REQUEST = {"video_width": 320, "video_height": 240}
-LIVE_OBJECTS = re.compile(r"live objects in (engine|worker) (\d+): (.*)$")
 
 
 def role(host: HostProcess, pid: int) -> str:
@@ -50,22 +46,6 @@ def fds(pid: int) -> int:
         return 0
 
 
-def live_objects(host: HostProcess, pids: list[int], timeout: float = 10.0) -> dict[int, str]:
-    """Each process's answer to SIGUSR1 (engines and workers answer; other processes are not signalled)."""
-    before = len(host.log())
-    for pid in pids:
-        os.kill(pid, signal.SIGUSR1)
-    found: dict[int, str] = {}
-    deadline = time.monotonic() + timeout
-    while len(found) < len(pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        for line in host.log()[before:].splitlines():
-            match = LIVE_OBJECTS.search(line)
-            if match:
-                found[int(match.group(2))] = match.group(3).strip()
-    return found
-
-
 def report(host: HostProcess, cycles: int, sessions: int) -> tuple[dict[int, float], dict[int, float]]:
     """Print the host's processes' RSS, fds, threads and live objects; return RSS by pid, before and after the collection."""
     pids = procstat.tree(host.process.pid)
@@ -74,7 +54,7 @@ def report(host: HostProcess, cycles: int, sessions: int) -> tuple[dict[int, flo
     # Measured before the processes answer SIGUSR1: answering runs a full garbage collection.
     rss = {pid: procstat.memory(pid)["rss_mb"] for pid in pids}
     figures = {pid: f"fds {fds(pid):4}  threads {procstat.threads(pid):3}" for pid in pids}
-    objects = live_objects(host, answering)
+    objects = host.live_objects(answering)
     collected = {pid: procstat.memory(pid)["rss_mb"] for pid in pids}
     print(f"after {cycles} cycles ({sessions} sessions); rss before/after the collection; objects live/kept:", flush=True)
     for pid in pids:

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -185,6 +186,21 @@ async def test_a_dead_workers_session_ends_when_no_worker_has_room():
             await victim.wait_for_signalling("peerLeft", timeout=5)
             await other.wait_for_video_frames(10, timeout=5)
             assert "no worker has room" in host.log()
+
+
+async def test_ended_sessions_leave_no_session_object_in_the_engine_or_the_workers(host):
+    for _ in range(3):
+        async with TestPeer(host.base_url) as peer:
+            await peer.connect(request_data=SMALL_VIDEO)
+            await peer.wait_for_video_frames(1)
+    host.wait_for(lambda ws: all(not w["sessions"] and not w["reported_sessions"] for w in ws), 15)
+    pids = [host.process.pid, *host.worker_pids().values()]
+    answers = host.live_objects(pids)
+    assert set(answers) == set(pids)
+    for pid, answer in answers.items():
+        # Name=live/kept: kept is what a full garbage collection leaves.
+        kept = {name: int(count) for name, count in re.findall(r"(\w+)=\d+/(\d+)", answer)}
+        assert kept and not any(kept.values()), f"pid {pid}: {answer}"
 
 
 async def test_shutdown_leaves_no_processes_or_socket_files():

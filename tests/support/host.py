@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from tests.support.client import TestPeer
 REPO = Path(__file__).resolve().parents[2]
 # A small picture for the demo bot, so tests that do not measure video spend little on it.
 SMALL_VIDEO = {"video_width": 320, "video_height": 240}
+# What an engine or a worker logs when sent SIGUSR1 (engine.common.diagnostics).
+LIVE_OBJECTS = re.compile(r"live objects in (?:engine|worker) (\d+): (.*)$")
 
 
 def free_port() -> int:
@@ -128,6 +131,20 @@ class HostProcess:
                 return result
             time.sleep(interval)
         raise TimeoutError(f"condition not met within {timeout} s; workers: {last}")
+
+    def live_objects(self, pids: list[int], timeout: float = 10.0) -> dict[int, str]:
+        """Each process's answer to SIGUSR1: ``Name=live/kept ...`` (engines and workers answer; send no other pid)."""
+        before = len(self.log())
+        for pid in pids:
+            os.kill(pid, signal.SIGUSR1)
+        found: dict[int, str] = {}
+        deadline = time.monotonic() + timeout
+        while len(found) < len(pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            for line in self.log()[before:].splitlines():
+                if match := LIVE_OBJECTS.search(line):
+                    found[int(match.group(1))] = match.group(2).strip()
+        return found
 
     def log(self) -> str:
         """Everything the host printed so far."""
