@@ -155,7 +155,7 @@ async def test_the_worker_process_gives_an_ended_sessions_memory_back(tmp_path):
         await engine.expect(AppMessageOut, timeout=TIMEOUT_S)
         holding = rss_mb(process.pid)
         await engine.send(identity, SessionClose("pc-1", "peer left"))
-        await engine.expect(WorkerHeartbeat, sessions=0, timeout=TIMEOUT_S)
+        await engine.expect(WorkerHeartbeat, session_ids=(), timeout=TIMEOUT_S)
         # The bot's buffers were in a reference cycle, between blocks still in use: without a
         # collection and a trim of the heap they would stay.
         given_back = False
