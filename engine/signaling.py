@@ -142,6 +142,27 @@ def _to_rtc_candidates(candidates: list[IceCandidateModel], limit: int) -> list:
     return parsed
 
 
+def prebuilt_client() -> StaticFiles | None:
+    """Pipecat's prebuilt web client, to serve at ``/client``; None when neither package is installed.
+
+    ``pipecat-ai-prebuilt`` is the one Pipecat's runner serves (and a dependency
+    of this host); ``pipecat-ai-small-webrtc-prebuilt``, its SmallWebRTC-only
+    predecessor, is served where it is installed instead.
+    """
+    try:
+        from pipecat_ai_prebuilt.frontend import PipecatPrebuiltUI
+
+        return PipecatPrebuiltUI
+    except ImportError:
+        pass
+    try:
+        from pipecat_ai_small_webrtc_prebuilt.frontend import SmallWebRTCPrebuiltUI
+
+        return SmallWebRTCPrebuiltUI
+    except ImportError:
+        return None
+
+
 def create_app(engine: Engine, runner_body: Any = None) -> FastAPI:
     """The engine's HTTP API.
 
@@ -284,16 +305,7 @@ def create_app(engine: Engine, runner_body: Any = None) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # Pipecat's prebuilt web client at /client, as Pipecat's runner serves it, when installed.
-    try:
-        from pipecat_ai_small_webrtc_prebuilt.frontend import (
-            SmallWebRTCPrebuiltUI as PrebuiltUI,
-        )
-    except ImportError:
-        try:
-            from pipecat_ai_prebuilt.frontend import PipecatPrebuiltUI as PrebuiltUI
-        except ImportError:
-            PrebuiltUI = None
-    if PrebuiltUI is not None:
-        app.mount("/client", PrebuiltUI, name="client")
+    prebuilt = prebuilt_client()
+    if prebuilt is not None:
+        app.mount("/client", prebuilt, name="client")
     return app

@@ -290,11 +290,11 @@ def new_page(browser, request):
 
 @pytest.fixture
 def host_factory(netns, request):
-    """Starts ``HostProcess(workers, *args)`` inside the namespace; stops it and its workers after the test."""
+    """Starts ``HostProcess(workers, *args, **options)`` inside the namespace; stops it and its workers after the test."""
     hosts: list[HostProcess] = []
 
-    def start(workers: int = 1, *args: str) -> HostProcess:
-        host = HostProcess(workers, *args)
+    def start(workers: int = 1, *args: str, **options) -> HostProcess:
+        host = HostProcess(workers, *args, **options)
         hosts.append(host)
         return host.start(timeout=60)
 

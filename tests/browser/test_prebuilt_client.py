@@ -1,10 +1,20 @@
-"""Pipecat's own web client (``pipecat-ai-small-webrtc-prebuilt``, served at ``/client``) against the host.
+"""Pipecat's prebuilt web clients, served by the host at ``/client``, in a call with the demo bot.
+
+Two packages ship that client, and the host serves whichever is installed:
+
+- ``pipecat-ai-prebuilt`` (the "Pipecat Playground"), what pipecat-ai's
+  development runner serves, and a dependency of this host;
+- ``pipecat-ai-small-webrtc-prebuilt``, its SmallWebRTC-only predecessor,
+  served where it is installed instead. Its test runs the host from a
+  virtual environment that has every package of this one's but
+  ``pipecat-ai-prebuilt`` (its ``site-packages`` links to ours, one
+  distribution left out), so the host finds only the older client.
 
 The page, the RTVI client, the SmallWebRTC transport and its signalling are
 Pipecat's code as the package ships it: ``POST /start``, then
 ``POST``/``PATCH /sessions/{sessionId}/api/offer``, the ``chat`` data channel.
 
-One thing is replaced, and only for this test: the transport's device layer.
+One thing is replaced, and only for these tests: the transport's device layer.
 It gets the camera and microphone through ``DailyMediaManager`` (daily-js),
 whose ``startCamera()`` downloads Daily's call-machine script from the
 internet, which this machine cannot reach. The transport module is served to
@@ -16,8 +26,14 @@ same base class, with plain ``getUserMedia()``.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,15 +51,72 @@ from tests.browser.pagetools import (
 
 pytestmark = pytest.mark.browser
 
-pytest.importorskip(
-    "pipecat_ai_small_webrtc_prebuilt", reason="pipecat-ai-small-webrtc-prebuilt is not installed (test extra)"
-)
-
 PLAIN_MEDIA_MANAGER = (Path(__file__).parent / "plain_media_manager.js").read_text()
 # In the transport's constructor: `this.mediaManager=t.mediaManager||new yo(` (names minified).
 DEVICE_LAYER = re.compile(r"(\.mediaManager=[\w$]+\.mediaManager\|\|new )([\w$]+)\(")
-# The bot's default picture (the prebuilt client asks for no size).
+# The bot's default picture (the prebuilt clients ask for no size).
 BOT_SIZE = (640, 480)
+
+
+@dataclass(frozen=True)
+class PrebuiltClient:
+    """One prebuilt client package and the parts of its page the test uses."""
+
+    distribution: str
+    #: Its StaticFiles app, as the host mounts it: (module, attribute).
+    app: tuple[str, str]
+    #: Turns the camera on (both start with it off) and waits until it is.
+    turn_on_camera: Callable
+    #: The chat box, whose text goes to the bot as RTVI ``send-text``.
+    chat_box: Callable
+
+    def index_html(self) -> str:
+        """The client's page, as the package ships it."""
+        module, attribute = self.app
+        directory = getattr(importlib.import_module(module), attribute).directory
+        return (Path(directory) / "index.html").read_text()
+
+
+def _playground_camera_on(page) -> None:
+    page.get_by_role("button", name="Turn on camera").click()
+    page.get_by_role("button", name="Turn off camera").wait_for()
+
+
+def _small_webrtc_camera_on(page) -> None:
+    page.locator("button:visible:has(svg.lucide-video-off)").click()
+    page.locator("button:visible:has(svg.lucide-video)").wait_for()
+
+
+PLAYGROUND = PrebuiltClient(
+    "pipecat-ai-prebuilt",
+    ("pipecat_ai_prebuilt.frontend", "PipecatPrebuiltUI"),
+    _playground_camera_on,
+    lambda page: page.get_by_role("textbox", name="Message"),
+)
+SMALL_WEBRTC_PREBUILT = PrebuiltClient(
+    "pipecat-ai-small-webrtc-prebuilt",
+    ("pipecat_ai_small_webrtc_prebuilt.frontend", "SmallWebRTCPrebuiltUI"),
+    _small_webrtc_camera_on,
+    lambda page: page.locator("input[placeholder='Type message...']:visible"),
+)
+
+
+def python_without(distribution: str, folder: Path) -> Path:
+    """A Python that sees every package this one does but ``distribution``, as if it were not installed.
+
+    A virtual environment whose ``site-packages`` holds a link to each entry of
+    ours except that distribution's files and metadata.
+    """
+    installed = importlib.metadata.distribution(distribution)
+    site_packages = Path(installed.locate_file(""))
+    left_out = {Path(file).parts[0] for file in installed.files or ()}
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    target = folder / "lib" / version / "site-packages"
+    for entry in site_packages.iterdir():
+        if entry.name not in left_out:
+            (target / entry.name).symlink_to(entry)
+    return folder / "bin" / "python"
 
 
 def serve_with_plain_device_layer(page) -> list[tuple[str, int]]:
@@ -64,8 +137,11 @@ def serve_with_plain_device_layer(page) -> list[tuple[str, int]]:
     return patched
 
 
-def test_prebuilt_client_call(host_factory, new_page):
-    host = host_factory(1)
+def prebuilt_client_call(host, new_page, client: PrebuiltClient, screenshot: str) -> None:
+    """A whole call through the client the host serves, which must be ``client``."""
+    with urllib.request.urlopen(f"{host.base_url}/client/", timeout=10) as response:
+        assert response.read().decode() == client.index_html(), f"/client is not {client.distribution}'s page"
+
     page = new_page()
     patched = serve_with_plain_device_layer(page)
     exchanges = []
@@ -80,9 +156,7 @@ def test_prebuilt_client_call(host_factory, new_page):
     page.on("request", lambda request: requested.append(request.url))
 
     page.goto(f"{host.base_url}/client/")
-    camera = page.locator("button:visible:has(svg.lucide-video-off)")
-    camera.click()
-    page.locator("button:visible:has(svg.lucide-video)").wait_for()
+    client.turn_on_camera(page)
     page.get_by_role("button", name="Connect", exact=True).click()
 
     # Pipecat's client state, as its own page shows it.
@@ -97,7 +171,7 @@ def test_prebuilt_client_call(host_factory, new_page):
     assert json.loads(start[2])["transport"] == "webrtc"
     session_id = start[3].json()["sessionId"]
     offers = [e for e in exchanges if e[1] == f"/sessions/{session_id}/api/offer"]
-    assert [e[0] for e in offers][:1] == ["POST"] and "PATCH" in [e[0] for e in offers], [e[:2] for e in exchanges]
+    assert [e[0] for e in offers][:1] == ["POST"], [e[:2] for e in exchanges]
     pc_id = offers[0][3].json()["pc_id"]
     assert all(e[3].status == 200 for e in exchanges), [(e[:2], e[3].status) for e in exchanges]
     worker = session_worker(host, pc_id)
@@ -113,20 +187,21 @@ def test_prebuilt_client_call(host_factory, new_page):
     assert_bot_audio_is_the_tone(page)
 
     # The client's own text box: its RTVI send-text goes to the bot, which answers it.
-    page.locator("input[placeholder='Type message...']:visible").fill("hello from the prebuilt client")
+    client.chat_box(page).fill(f"hello from {client.distribution}")
     page.keyboard.press("Enter")
     page.wait_for_function(
-        """() => window.__dcMessages.some((m) => {
+        """(text) => window.__dcMessages.some((m) => {
              const msg = JSON.parse(m.data);
-             return msg.type === "server-message" && String(msg.data?.text).includes("heard: hello from the prebuilt client");
+             return msg.type === "server-message" && String(msg.data?.text).includes(`heard: ${text}`);
            })""",
+        arg=f"hello from {client.distribution}",
         timeout=15_000,
     )
     page.get_by_text(worker["worker_id"]).first.wait_for()
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     bot_video.scroll_into_view_if_needed()
-    page.screenshot(path=ARTIFACTS / "prebuilt-client-connected.png")
+    page.screenshot(path=ARTIFACTS / screenshot)
 
     page.get_by_role("button", name="Disconnect", exact=True).click()
     host.wait_for(
@@ -136,3 +211,13 @@ def test_prebuilt_client_call(host_factory, new_page):
 
     foreign = [url for url in requested if not url.startswith(host.base_url)]
     assert not foreign, f"the prebuilt client fetched from elsewhere: {foreign}"
+
+
+def test_pipecat_prebuilt_client_call(host_factory, new_page):
+    prebuilt_client_call(host_factory(1), new_page, PLAYGROUND, "pipecat-prebuilt-client-connected.png")
+
+
+def test_small_webrtc_prebuilt_client_call_where_it_is_the_one_installed(host_factory, new_page, tmp_path):
+    python = python_without(PLAYGROUND.distribution, tmp_path / "venv")
+    host = host_factory(1, program=(str(python), "-m", "engine.cli"))
+    prebuilt_client_call(host, new_page, SMALL_WEBRTC_PREBUILT, "small-webrtc-prebuilt-client-connected.png")
