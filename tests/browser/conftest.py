@@ -6,7 +6,8 @@ How the pieces fit:
   ``apt-get`` when ``/usr/lib/chromium/chromium`` is missing (``apt-get update``
   first if the install fails). The ``/usr/bin/chromium`` wrapper is not used:
   it turns background networking back on. This runs before any namespace
-  exists, since apt needs the network.
+  exists, since apt needs the network. ``npm`` (session) is the same for
+  Debian's ``npm`` package, when there is no ``npm`` on the ``PATH``.
 - ``netns`` (module): the pytest *main thread* leaves the machine's network
   namespace for a new one that has only ``lo`` (``unshare(CLONE_NEWNET)``, then
   ``lo`` is brought up with an ioctl). Everything the tests start from that
@@ -51,6 +52,7 @@ from tests.browser.pagetools import ARTIFACTS, INSTRUMENT
 from tests.support.host import HostProcess
 
 CHROMIUM = Path("/usr/lib/chromium/chromium")
+NPM = Path("/usr/bin/npm")
 
 #: No single browser test may take longer than this, its function-scoped fixtures included.
 TEST_TIME_LIMIT_S = 300
@@ -83,20 +85,20 @@ def _apt_get(*args: str, timeout: float) -> subprocess.CompletedProcess:
     )
 
 
-def _install_chromium() -> str | None:
-    """Installs Debian's chromium; returns why it could not, or None."""
+def _install_debian_package(package: str, provides: Path) -> str | None:
+    """Installs a Debian package that provides ``provides``; returns why it could not, or None."""
     if os.geteuid() != 0:
-        return f"{CHROMIUM} is missing, and installing it (apt-get install -y chromium) needs root"
+        return f"{provides} is missing, and installing it (apt-get install -y {package}) needs root"
     if shutil.which("apt-get") is None:
-        return f"{CHROMIUM} is missing, and there is no apt-get to install Debian's chromium"
-    result = _apt_get("install", "-y", "chromium", timeout=1200)
+        return f"{provides} is missing, and there is no apt-get to install Debian's {package}"
+    result = _apt_get("install", "-y", package, timeout=1200)
     if result.returncode != 0:
         # A new machine's package lists may be missing or stale.
         update = _apt_get("update", timeout=600)
-        result = _apt_get("install", "-y", "chromium", timeout=1200)
+        result = _apt_get("install", "-y", package, timeout=1200)
         if result.returncode != 0:
-            return f"apt-get install -y chromium failed:\n{update.stderr[-2000:]}\n{result.stderr[-2000:]}"
-    return None if CHROMIUM.exists() else f"apt-get installed chromium, but {CHROMIUM} is missing"
+            return f"apt-get install -y {package} failed:\n{update.stderr[-2000:]}\n{result.stderr[-2000:]}"
+    return None if provides.exists() else f"apt-get installed {package}, but {provides} is missing"
 
 
 def _unavailable(reason: str):
@@ -114,10 +116,22 @@ def chromium() -> Path:
     except ImportError:
         _unavailable("Playwright is not installed: pip install -e '.[test]'")
     if not CHROMIUM.exists():
-        reason = _install_chromium()
+        reason = _install_debian_package("chromium", CHROMIUM)
         if reason:
             _unavailable(reason)
     return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def npm() -> str:
+    """npm, for the tests that build a web client from the npm registry: Debian's, installed if there is none."""
+    found = shutil.which("npm")
+    if found is None:
+        reason = _install_debian_package("npm", NPM)
+        if reason:
+            _unavailable(reason)
+        found = str(NPM)
+    return found
 
 
 # ---------------------------------------------------------------- network namespace

@@ -22,11 +22,24 @@ tone down, to about -30 dBFS, but leaves its frequency alone.
 Video: rates and sizes come from ``inbound-rtp`` stats (``framesDecoded``,
 ``frameWidth``/``frameHeight``); the picture itself is drawn from the page's
 ``<video>`` onto a canvas and compared with the fake camera's colour bars.
+
+The device layer of Pipecat's SmallWebRTC web transport is replaced in the
+pages that use it (the prebuilt clients, the app built with client-js), and
+only there: it gets the camera and microphone through ``DailyMediaManager``
+(daily-js), whose ``startCamera()`` downloads Daily's call-machine script from
+the internet, which the tests cannot reach. ``with_plain_device_layer`` turns
+the transport's ``new DailyMediaManager(...)`` into
+``new (window.__plainMediaManager?.(DailyMediaManager) ?? DailyMediaManager)(...)``
+(same arguments) in the script served to the browser, and
+``PLAIN_MEDIA_MANAGER`` (``plain_media_manager.js``, added to the page first)
+defines that class on the same base class, with plain ``getUserMedia()``.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +52,11 @@ ARTIFACTS = REPO / "test-artifacts" / "browser"
 
 #: The bot's video must be decoded at least this fast.
 MIN_FPS = 15.0
+
+#: An init script: ``window.__plainMediaManager``, the stand-in device layer.
+PLAIN_MEDIA_MANAGER = (Path(__file__).parent / "plain_media_manager.js").read_text()
+# In the transport's constructor, minified: `this.mediaManager=t.mediaManager||new yo(`.
+_DEVICE_LAYER = re.compile(r"(\.mediaManager=[\w$]+\.mediaManager\|\|new )([\w$]+)\(")
 
 INSTRUMENT = """
 (() => {
@@ -138,6 +156,13 @@ _AUDIO_TAP_FLOWING = """
   return samples.some((v) => v !== 0);
 }
 """
+
+
+def with_plain_device_layer(script: str) -> tuple[str, int]:
+    """The (minified) script with the SmallWebRTC transport's device layer swapped, and how many swaps were made."""
+    return _DEVICE_LAYER.subn(
+        lambda m: f"{m.group(1)}(window.__plainMediaManager?.({m.group(2)})??{m.group(2)})(", script
+    )
 
 
 def rtc_stats(page, index: int | None = None) -> dict | None:

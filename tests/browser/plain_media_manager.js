@@ -3,13 +3,14 @@
 // @pipecat-ai/small-webrtc-transport gets the camera and microphone through
 // DailyMediaManager, which wraps daily-js: its startCamera() loads Daily's
 // "call machine" script from the internet, which a test machine cannot reach.
-// The prebuilt client's transport module is served to the browser with one
+// The transport's script (in Pipecat's prebuilt clients, or bundled in the app
+// the tests build with client-js) is served to the browser with one
 // expression changed, `new DailyMediaManager(` becoming
 // `new (window.__plainMediaManager?.(DailyMediaManager) ?? DailyMediaManager)(`,
 // so the transport builds this class instead, with the same arguments. It
 // extends the same base class (the client's MediaManager) and gets the devices
 // with plain getUserMedia(). The transport, its signalling, its data channel
-// and the whole page stay Pipecat's own code.
+// and the rest of the page stay as they were built.
 window.__plainMediaManager = (DailyMediaManager) => {
   const MediaManager = Object.getPrototypeOf(DailyMediaManager);
   const LOCAL = { id: "local", local: true, name: "" };

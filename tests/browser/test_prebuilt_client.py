@@ -14,18 +14,14 @@ The page, the RTVI client, the SmallWebRTC transport and its signalling are
 Pipecat's code as the package ships it: ``POST /start``, then
 ``POST``/``PATCH /sessions/{sessionId}/api/offer``, the ``chat`` data channel.
 
-One thing is replaced, and only for these tests: the transport's device layer.
-It gets the camera and microphone through ``DailyMediaManager`` (daily-js),
-whose ``startCamera()`` downloads Daily's call-machine script from the
-internet, which this machine cannot reach. The transport module is served to
-the browser with its ``new DailyMediaManager(...)`` turned into
-``new (window.__plainMediaManager?.(DailyMediaManager) ?? DailyMediaManager)(...)``
-(same arguments), and ``plain_media_manager.js`` defines that class on the
-same base class, with plain ``getUserMedia()``.
+One thing is replaced, and only for these tests: the transport's device layer
+(daily-js, which downloads its code from the internet; see ``pagetools``), in
+the client's scripts as they are served to the browser.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import json
 import re
@@ -41,19 +37,18 @@ import pytest
 from tests.browser.pagetools import (
     ARTIFACTS,
     MIN_FPS,
+    PLAIN_MEDIA_MANAGER,
     assert_bot_audio_is_the_tone,
     assert_loopback_only,
     assert_mirrored_bars,
     session_worker,
     wait_for_frame_rate,
     wait_for_stats,
+    with_plain_device_layer,
 )
 
 pytestmark = pytest.mark.browser
 
-PLAIN_MEDIA_MANAGER = (Path(__file__).parent / "plain_media_manager.js").read_text()
-# In the transport's constructor: `this.mediaManager=t.mediaManager||new yo(` (names minified).
-DEVICE_LAYER = re.compile(r"(\.mediaManager=[\w$]+\.mediaManager\|\|new )([\w$]+)\(")
 # The bot's default picture (the prebuilt clients ask for no size).
 BOT_SIZE = (640, 480)
 
@@ -125,9 +120,7 @@ def serve_with_plain_device_layer(page) -> list[tuple[str, int]]:
 
     def patch(route):
         response = route.fetch()
-        body, count = DEVICE_LAYER.subn(
-            lambda m: f"{m.group(1)}(window.__plainMediaManager?.({m.group(2)})??{m.group(2)})(", response.text()
-        )
+        body, count = with_plain_device_layer(response.text())
         if count:
             patched.append((route.request.url, count))
         route.fulfill(response=response, body=body)
