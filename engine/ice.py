@@ -1,4 +1,4 @@
-"""ICE settings applied to aiortc in this process.
+"""ICE settings applied to aiortc in this process, and the trickled end of candidates.
 
 aiortc falls back to a public STUN server when it is given no ICE server list,
 and aioice never gathers 127.0.0.1 as a host candidate. A host behind NAT, a
@@ -10,10 +10,12 @@ import ipaddress
 import itertools
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import aioice.ice
 import ifaddr
 import uvloop
+from aiortc.sdp import SessionDescription
 
 
 def local_addresses() -> set[str]:
@@ -113,3 +115,31 @@ def announce_address(sdp: str, address: str) -> str:
         sdp,
         flags=re.MULTILINE,
     )
+
+
+class EndOfCandidates(NamedTuple):
+    """A trickled end-of-candidates marker (an empty ``candidate``, RFC 8840), for the m-line it names."""
+
+    sdp_mid: str | None
+    sdp_mline_index: int | None
+
+
+def ends_candidates_in_use(marker: EndOfCandidates, answer_sdp: str) -> bool:
+    """Whether the marker ends the candidates of a transport the answer uses.
+
+    An m-line the answer bundles onto another's transport has none in use.
+    Firefox gathers for each m-line until the answer bundles them and ends
+    each m-line's candidates when its gathering is done, maybe before the
+    bundle transport's own are all sent; aiortc ends every transport's remote
+    candidates at once, so taking such a marker would cut the bundle
+    transport's short (and fail ICE outright if no check had come in yet). A
+    marker that names no m-line of the answer ends them all, as aiortc does.
+    """
+    answer = SessionDescription.parse(answer_sdp)
+    mids = [media.rtp.muxId for media in answer.media]
+    mid = marker.sdp_mid
+    if mid is None and marker.sdp_mline_index is not None and 0 <= marker.sdp_mline_index < len(mids):
+        mid = mids[marker.sdp_mline_index]
+    bundle = next((group.items for group in answer.group if group.semantic == "BUNDLE"), [])
+    # The first mid of the group owns the transport the others share.
+    return mid not in bundle[1:]

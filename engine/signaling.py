@@ -13,9 +13,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from engine.common.settings import HostSettings
+from engine.ice import EndOfCandidates
 from engine.request_limits import (
     MAX_START_SESSIONS,
     START_FULL_RETRY_S,
@@ -73,11 +74,15 @@ class OfferRequest(_Body):
 
 
 class IceCandidateModel(BaseModel):
-    """One trickled candidate; an empty ``candidate`` marks the end of candidates."""
+    """One trickled candidate; an empty ``candidate`` marks the end of its m-line's candidates.
+
+    Pipecat's clients name the m-line ``sdp_mid``/``sdp_mline_index``; the
+    browser's own ``RTCIceCandidate.toJSON()`` names it ``sdpMid``/``sdpMLineIndex``.
+    """
 
     candidate: str
-    sdp_mid: str | None = None
-    sdp_mline_index: int | None = None
+    sdp_mid: str | None = Field(default=None, validation_alias=AliasChoices("sdp_mid", "sdpMid"))
+    sdp_mline_index: int | None = Field(default=None, validation_alias=AliasChoices("sdp_mline_index", "sdpMLineIndex"))
 
 
 class PatchRequest(_Body):
@@ -129,8 +134,7 @@ def _to_rtc_candidates(candidates: list[IceCandidateModel], limit: int) -> list:
     parsed = []
     for c in distinct.values():
         if not c.candidate:
-            # End of candidates (RFC 8840): aiortc takes None.
-            parsed.append(None)
+            parsed.append(EndOfCandidates(c.sdp_mid, c.sdp_mline_index))
             continue
         try:
             candidate = candidate_from_sdp(c.candidate.removeprefix("candidate:"))

@@ -44,6 +44,7 @@ from engine.common.protocol import (
     VideoOut,
 )
 from engine.common.settings import HostSettings
+from engine.ice import EndOfCandidates, ends_candidates_in_use
 from engine.metrics import HostMetrics, SessionOutcome
 from engine.peer.data_channel import PeerDataChannel
 from engine.peer.events import (
@@ -84,7 +85,7 @@ class Offer:
 
 @dataclass
 class Candidates:
-    """HTTP: trickled remote ICE candidates (None = end of candidates)."""
+    """HTTP: trickled remote ICE candidates (``EndOfCandidates`` for one m-line, None for all)."""
 
     candidates: list
     reply: asyncio.Future = field(repr=False)
@@ -348,6 +349,10 @@ class PeerActor:
         # has for it. Under MAX_BUNDLE one transport takes them all, whatever the mid.
         fresh: dict[str | None, Any] = {}
         for candidate in candidates if pc is not None else []:
+            if isinstance(candidate, EndOfCandidates):
+                if not ends_candidates_in_use(candidate, pc.localDescription.sdp):
+                    continue
+                candidate = None  # aiortc's end of candidates
             key = None if candidate is None else candidate_to_sdp(candidate)
             if key not in self._remote_candidates:
                 fresh.setdefault(key, candidate)

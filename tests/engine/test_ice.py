@@ -1,11 +1,16 @@
-"""Host candidates only on the allowed addresses, loopback included; no public STUN fallback."""
+"""Host candidates only on the allowed addresses, loopback included; no public STUN fallback; which end of candidates counts."""
 
 
 import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from engine.ice import announce_address, restrict_host_addresses
+from engine.ice import (
+    EndOfCandidates,
+    announce_address,
+    ends_candidates_in_use,
+    restrict_host_addresses,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -41,3 +46,39 @@ def test_announced_address_replaces_host_candidates_only():
         "a=candidate:a 1 udp 2130706431 203.0.113.5 41000 typ host\r\n"
         "a=candidate:b 1 udp 1694498815 198.51.100.1 5000 typ srflx raddr 10.0.0.5 rport 41000\r\n"
     )
+
+
+# An answer that bundles the audio (mid 0), video (1) and data (3) m-lines onto mid 0's transport.
+BUNDLED_ANSWER = """v=0
+o=- 0 0 IN IP4 0.0.0.0
+s=-
+t=0 0
+a=group:BUNDLE 0 1 3
+m=audio 9 UDP/TLS/RTP/SAVPF 111
+a=mid:0
+m=video 9 UDP/TLS/RTP/SAVPF 96
+a=mid:1
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel
+a=mid:3
+"""
+
+
+@pytest.mark.parametrize(
+    ("marker", "ends"),
+    [
+        (EndOfCandidates("0", 0), True),
+        (EndOfCandidates(None, 0), True),
+        (EndOfCandidates("1", 1), False),
+        (EndOfCandidates("3", None), False),
+        (EndOfCandidates(None, 2), False),
+        (EndOfCandidates(None, None), True),
+        (EndOfCandidates("7", 7), True),
+    ],
+)
+def test_only_the_bundle_transports_end_of_candidates_ends_them(marker, ends):
+    assert ends_candidates_in_use(marker, BUNDLED_ANSWER) is ends
+
+
+def test_without_a_bundle_every_end_of_candidates_counts():
+    unbundled = BUNDLED_ANSWER.replace("a=group:BUNDLE 0 1 3\n", "")
+    assert ends_candidates_in_use(EndOfCandidates("1", 1), unbundled)
