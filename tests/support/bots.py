@@ -6,7 +6,9 @@ Each is a real Pipecat bot on this host's transport; none needs an API key.
 import asyncio
 
 import numpy as np
+from loguru import logger
 from pipecat.frames.frames import (
+    EndTaskFrame,
     Frame,
     InputTransportMessageFrame,
     InterruptionFrame,
@@ -56,6 +58,35 @@ async def chatty(runner_args):
     for index in range(60):
         runner_args.webrtc_connection.send_app_message({"type": "early", "index": index})
     await demo_bot.bot(runner_args)
+
+
+async def greeting(runner_args):
+    """Sends 20 numbered greetings through its transport's output before its pipeline runs, then echoes messages."""
+    transport = SmallWebRTCTransport(webrtc_connection=runner_args.webrtc_connection, params=TransportParams())
+    for index in range(20):
+        await transport.output().send_message(OutputTransportMessageUrgentFrame(message={"greeting": index}))
+    await run(transport, demo_bot.HostEcho("greeting", (320, 240)), enable_rtvi=False)
+
+
+class Farewell(FrameProcessor):
+    """On "leave", says a last message and ends its pipeline (its transport disconnects)."""
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if isinstance(frame, InputTransportMessageFrame) and frame.message == {"command": "leave"}:
+            await self.push_frame(OutputTransportMessageUrgentFrame(message={"farewell": "before closing"}))
+            await self.push_frame(EndTaskFrame(), FrameDirection.UPSTREAM)
+            return
+        await self.push_frame(frame, direction)
+
+
+async def farewell(runner_args):
+    """Leaves when asked, then tries to send more through its transport and its connection."""
+    transport = SmallWebRTCTransport(webrtc_connection=runner_args.webrtc_connection, params=TransportParams())
+    await run(transport, Farewell(), enable_rtvi=False)
+    await transport.output().send_message(OutputTransportMessageUrgentFrame(message={"farewell": "while closing"}))
+    runner_args.webrtc_connection.send_app_message({"farewell": "after closing"})
+    logger.info(f"{runner_args.webrtc_connection.pc_id}: the farewell bot sent its last two messages")
 
 
 class Speaker(FrameProcessor):
@@ -129,6 +160,8 @@ BOTS = {
     "raising": raising,
     "hanging": hanging,
     "chatty": chatty,
+    "greeting": greeting,
+    "farewell": farewell,
     "speaker": speaker,
     "screen": screen,
     "runner": runner_bot.bot,

@@ -399,6 +399,14 @@ class TestPeer:
 
         return await self._wait_until(find, timeout, f"signalling message {type_!r}")
 
+    async def wait_for_channel_closed(self, timeout: float = 10.0) -> None:
+        """Wait until the data channel is closed: nothing more can arrive on it."""
+        await self._wait_until(
+            lambda: (self.channel is not None and self.channel.readyState == "closed") or None,
+            timeout,
+            "the data channel to close",
+        )
+
     async def wait_for_audio(self, seconds: float, timeout: float = 15.0) -> np.ndarray:
         """Wait until ``seconds`` more audio has arrived; returns that audio (int16 mono 48 kHz)."""
         needed = int(seconds * SAMPLE_RATE)
@@ -464,6 +472,11 @@ class TestPeer:
         for candidate in candidates:
             candidate["sdp_mid"] = mid if mid is not None else "0"
         return candidates
+
+    def stop_sending(self) -> None:
+        """End the local tracks, as a browser's ``track.stop()`` does: this connection sends no more media."""
+        for track in self._local_tracks:
+            track.stop()
 
     async def stop_pings(self) -> None:
         """Stop the ``ping`` keepalive (the server should soon count the peer as gone)."""
@@ -587,6 +600,13 @@ class TestPeer:
         """A remote track arrived on the current peer connection: by default, read and keep it."""
         self._spawn(self._receive(track), pc_scoped=True)
 
+    def _offer_sdp(self, sdp: str) -> str:
+        """The offer to POST, from the local description's SDP (by default, as is: candidates included)."""
+        return sdp
+
+    async def _answer_arrived(self, answer: dict) -> None:
+        """Called with each answer, ``pc_id`` already known, before it is applied."""
+
     def _build_pc(self) -> None:
         pc = RTCPeerConnection(
             RTCConfiguration(iceServers=list(self._ice_servers), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
@@ -650,15 +670,16 @@ class TestPeer:
             "POST",
             self._offer_url,
             {
-                "sdp": pc.localDescription.sdp,
+                "sdp": self._offer_sdp(pc.localDescription.sdp),
                 "type": "offer",
                 "pc_id": self.pc_id,
                 "restart_pc": restart_pc,
                 "request_data": self._request_data,
             },
         )
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         self.pc_id = answer["pc_id"]
+        await self._answer_arrived(answer)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         if self.patch_candidates_after_answer:
             candidates = self.local_candidates()
             if candidates:
