@@ -17,7 +17,7 @@ import pytest
 from pipecat.runner.types import SmallWebRTCRunnerArguments
 
 from tests.support.client import TestPeer, bars_match, dominant_frequency
-from tests.support.host import REPO, HostProcess, free_port
+from tests.support.host import REPO, HostProcess, free_port, terminate
 
 ECHO_BOT = REPO / "tests" / "bot_files" / "echo-bot.py"
 BODY = {"user": "someone"}
@@ -107,12 +107,7 @@ def pipecats_runner(tmp_path):
             time.sleep(0.2)
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
         print(log_path.read_text()[-6000:])
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from engine.cli import make_keys
 from tests.support.client import TestPeer, bars_match
-from tests.support.host import REPO, SMALL_VIDEO, HostProcess, free_port, host_info
+from tests.support.host import REPO, SMALL_VIDEO, HostProcess, free_port, host_info, terminate
 
 
 @pytest.fixture
@@ -57,12 +57,7 @@ def worker(keys: dict, endpoint: str, worker_id: str, secret: str, prefix: tuple
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
 
 
 async def served_by(host: HostProcess) -> str:

@@ -183,6 +183,16 @@ async def host_info(peer: TestPeer) -> dict:
     return message["data"]
 
 
+def terminate(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM a process and wait up to ``grace_s`` for it to exit; then SIGKILL it."""
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie."""
     try:
