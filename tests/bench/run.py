@@ -60,6 +60,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BODY = {"video_width": 640, "video_height": 480}
 AUDIO_ONLY_BODY = {"video": False}
+# What "full quality" means for every peer of a run (issue 12): median and worst-second video
+# frame rate, audio frames per second, and the probe's echo latency.
+FULL_QUALITY = {"fps_median": 29.0, "fps_worst_second": 25, "audio_fps": 49.5, "latency_p95_ms": 300.0}
 # A run during which other work on the machine kept more cores than this busy is flagged "noisy".
 NOISY_FOREIGN_CORES = 0.25
 
@@ -86,8 +89,17 @@ class Server:
 class HostServer(Server):
     kind = "host"
 
-    def __init__(self, workers: int, cpus: str | None, env: dict | None = None, bot: str = "tests.bench.echo_bot:bot"):
-        self._host = HostProcess(workers, "--bot", bot, env=env)
+    def __init__(
+        self,
+        workers: int,
+        cpus: str | None,
+        env: dict | None = None,
+        bot: str = "tests.bench.echo_bot:bot",
+        checkout: Path | None = None,
+    ):
+        # Another checkout (the baseline) runs from its own directory with its own venv's Python.
+        where = {} if checkout is None else {"program": (str(checkout / ".venv/bin/python"), "-m", "engine.cli"), "cwd": checkout}
+        self._host = HostProcess(workers, "--bot", bot, env=env, **where)
         self._host.start(timeout=60)
         self.url = self._host.base_url
         self.root_pid = self._host.process.pid
@@ -268,17 +280,19 @@ def run_one(kind: str, peers: int, args: argparse.Namespace, log_dir: Path) -> d
     quiet = wait_quiet(args.quiet_cores, args.quiet_wait)
     conditions = {**procstat.machine(), "busy_cores_before_start": quiet}
     started = time.monotonic()
-    server: Server = (
-        HostServer(args.workers, args.server_cpus, _env_pairs(args.host_env), args.host_bot)
-        if kind == "host"
-        else ReferenceServer(640, 480, args.server_cpus, audio_only=args.media == "audio")
-    )
+    if kind == "reference":
+        server: Server = ReferenceServer(640, 480, args.server_cpus, audio_only=args.media == "audio")
+    else:
+        checkout = Path(args.baseline).resolve() if kind == "baseline" else None
+        # Room on the workers for every peer: a refused peer would be a session not measured.
+        capacity = {"SMALLWEBRTC_HOST_WORKER_CAPACITY": str(max(4, -(-peers // args.workers)))}
+        server = HostServer(args.workers, args.server_cpus, {**capacity, **_env_pairs(args.host_env)}, args.host_bot, checkout)
     _renice(server.root_pid, args.nice)
     server_start_s = time.monotonic() - started
     clients: list[Client] = []
     profiles: list[dict] = []
     record: dict = {"bench": args.media, "server": kind, "peers": peers, "seconds": args.seconds, "warmup": args.warmup}
-    if kind == "host":
+    if kind != "reference":
         record["workers"] = args.workers
         record["host_bot"] = args.host_bot
         record["host_env"] = _env_pairs(args.host_env)
@@ -307,7 +321,7 @@ def run_one(kind: str, peers: int, args: argparse.Namespace, log_dir: Path) -> d
         before = procstat.Snapshot.take([*roles, *client_pids])
         threads_before = {pid: procstat.thread_cpu_seconds(pid) for pid in roles}
         busy_before = procstat.machine_busy_seconds()
-        if args.profile and kind == "host":
+        if args.profile and kind != "reference":
             targets = [(pid, role) for pid, role in roles.items() if role == "engine" or (args.profile_workers and role == "worker")]
             profiles = [_start_profile(pid, role, args.seconds, log_dir, args.native) for pid, role in targets]
         for c in clients:
@@ -557,24 +571,15 @@ def print_table(records: list[dict], media: str = "av") -> None:
             for p in r["processes"]:
                 groups = ", ".join(f"{g} {v:.3f}" for g, v in p.get("cpu_per_session_by_thread_group", {}).items() if v >= 0.001)
                 print(f"{r['peers']:>3} {r['server']:<9} {p['role']:<7} pid {p['pid']:<7} {p['cpu_per_session']:.3f}: {groups}")
-    ratios = compute_ratios(av)
-    if ratios:
-        print()
-        print("host / reference")
-        header = f"{'peers':>5} {'fps med':>8} {'lat p50':>8} {'lat p95':>8} {'CPU total':>10} {'engine/ref':>11} {'workers/ref':>12} {'RSS total':>10} {'CPU/frame':>10}"
-        print(header)
-        print("-" * len(header))
-        for q in ratios:
-            print(
-                f"{q['peers']:>4}{'*' if q['noisy'] else ' '} {_fmt(q['fps_median'], 2):>8} {_fmt(q['latency_p50'], 2):>8} {_fmt(q['latency_p95'], 2):>8} "
-                f"{_fmt(q['cpu_per_session_total'], 2):>10} {_fmt(q['cpu_per_session_engine'], 2):>11} "
-                f"{_fmt(q['cpu_per_session_workers'], 2):>12} {_fmt(q['rss_total'], 2):>10} {_fmt(q['cpu_per_echoed_frame'], 2):>10}"
-            )
-        if media == "av":
-            print("targets: engine/ref <= 0.30, CPU total <= 0.80 (per A/V session, against the reference's per-session total)")
-        else:
-            print("target: CPU total <= 0.50 (per voice-bot session, against the reference's)")
-    for server in ("host", "reference"):
+    for against in ("reference", "baseline"):
+        print_ratios(compute_ratios(av, "host", against), media)
+    capacity = {r["server"]: r["sessions_at_full_quality"] for r in records if r.get("bench") == "capacity"}
+    if capacity:
+        print("\nsessions at full quality (" + ", ".join(f"{k} {v}" for k, v in FULL_QUALITY.items()) + "): "
+              + ", ".join(f"{server} {n}" for server, n in capacity.items()))
+        if capacity.get("reference"):
+            print(f"host / reference: {capacity.get('host', 0) / capacity['reference']:.2f}  (target >= 1.5)")
+    for server in ("host", "baseline", "reference"):
         runs = sorted((r for r in av if r["server"] == server), key=lambda r: r["peers"])
         steps = [
             f"{a['peers']}->{b['peers']}: {(b['rss_mb_total'] - a['rss_mb_total']) / (b['peers'] - a['peers']):.0f}"
@@ -587,6 +592,30 @@ def print_table(records: list[dict], media: str = "av") -> None:
             print(f"{r['server']} with {r['peers']} peers: FAILED: {r['error']}")
         for profile in r.get("profiles", []):
             print_profile(r, profile)
+
+
+def print_ratios(ratios: list[dict], media: str) -> None:
+    if not ratios:
+        return
+    against = ratios[0]["against"]
+    print(f"\nhost / {against}")
+    part = "ref" if against == "reference" else "base"
+    header = (
+        f"{'peers':>5} {'fps med':>8} {'lat p50':>8} {'lat p95':>8} {'CPU total':>10} {'engine/' + part:>11} "
+        f"{'workers/' + part:>12} {'RSS total':>10} {'CPU/frame':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for q in ratios:
+        print(
+            f"{q['peers']:>4}{'*' if q['noisy'] else ' '} {_fmt(q['fps_median'], 2):>8} {_fmt(q['latency_p50'], 2):>8} {_fmt(q['latency_p95'], 2):>8} "
+            f"{_fmt(q['cpu_per_session_total'], 2):>10} {_fmt(q['cpu_per_session_engine'], 2):>11} "
+            f"{_fmt(q['cpu_per_session_workers'], 2):>12} {_fmt(q['rss_total'], 2):>10} {_fmt(q['cpu_per_echoed_frame'], 2):>10}"
+        )
+    if against == "reference" and media == "av":
+        print("targets (issue 12): engine <= 0.04 CPU per A/V session; sessions at full quality on one core >= 1.5x the reference's")
+    elif against == "reference":
+        print("targets (issue 12): CPU total <= 0.60 per voice-bot session; engine <= 0.012 CPU per voice session")
 
 
 def print_profile(r: dict, p: dict) -> None:
@@ -604,33 +633,57 @@ def _fmt(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def compute_ratios(av: list[dict]) -> list[dict]:
+def compute_ratios(av: list[dict], server: str = "host", against: str = "reference") -> list[dict]:
+    """``server``'s figures over ``against``'s, per peer count both ran."""
     out = []
     for peers in sorted({r["peers"] for r in av}):
-        host = next((r for r in av if r["peers"] == peers and r["server"] == "host"), None)
-        ref = next((r for r in av if r["peers"] == peers and r["server"] == "reference"), None)
+        host = next((r for r in av if r["peers"] == peers and r["server"] == server), None)
+        ref = next((r for r in av if r["peers"] == peers and r["server"] == against), None)
         if not host or not ref:
             continue
 
         def ratio(a, b):
             return None if a is None or not b else round(a / b, 3)
 
+        ref_engine = ref["cpu_per_session_by_role"].get("engine")
         out.append(
             {
                 "bench": "ratio",
+                "server": server,
+                "against": against,
                 "peers": peers,
                 "fps_median": ratio(host["video_fps_median"], ref["video_fps_median"]),
                 "latency_p50": ratio(host["latency_p50_ms"], ref["latency_p50_ms"]),
                 "latency_p95": ratio(host["latency_p95_ms"], ref["latency_p95_ms"]),
                 "cpu_per_session_total": ratio(host["cpu_per_session"], ref["cpu_per_session"]),
-                "cpu_per_session_engine": ratio(host["cpu_per_session_by_role"].get("engine"), ref["cpu_per_session"]),
-                "cpu_per_session_workers": ratio(host["cpu_per_session_by_role"].get("worker"), ref["cpu_per_session"]),
+                # Against another host, engine to engine and workers to workers; against the reference, to its total.
+                "cpu_per_session_engine": ratio(host["cpu_per_session_by_role"].get("engine"), ref_engine or ref["cpu_per_session"]),
+                "cpu_per_session_workers": ratio(
+                    host["cpu_per_session_by_role"].get("worker"), ref["cpu_per_session_by_role"].get("worker") or ref["cpu_per_session"]
+                ),
                 "rss_total": ratio(host["rss_mb_total"], ref["rss_mb_total"]),
                 "cpu_per_echoed_frame": ratio(host["cpu_ms_per_echoed_frame"], ref["cpu_ms_per_echoed_frame"]),
                 "noisy": bool(host.get("noisy") or ref.get("noisy")),
             }
         )
     return out
+
+
+def full_quality(record: dict, media: str) -> bool:
+    """Whether every peer of a run got its media at full quality (issue 12's bar)."""
+    if "error" in record or record["connected"] < record["peers"] or record["still_connected"] < record["peers"]:
+        return False
+    audio_ok = record["audio_fps_median"] is not None and record["audio_fps_median"] >= FULL_QUALITY["audio_fps"]
+    if media == "audio":
+        return audio_ok
+    latency = record["latency_p95_ms"]
+    return (
+        audio_ok
+        and record["video_fps_median"] >= FULL_QUALITY["fps_median"]
+        and record["video_worst_1s_bin"] >= FULL_QUALITY["fps_worst_second"]
+        and latency is not None
+        and latency <= FULL_QUALITY["latency_p95_ms"]
+    )
 
 
 # --------------------------------------------------------------------- main
@@ -642,7 +695,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--media", choices=("av", "audio"), default="av", help="A/V echo sessions, or voice-bot sessions (audio only)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per run (default 20)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds between every peer having video and the window (default 5)")
-    parser.add_argument("--servers", default="host,reference", help="which servers, in order (default host,reference)")
+    parser.add_argument("--servers", default="host,reference", help="which servers, in order (default host,reference; baseline: see --baseline)")
+    parser.add_argument("--baseline", help="another checkout of this host (with its own .venv), run as server 'baseline': before/after in one run")
+    parser.add_argument(
+        "--search", action="store_true",
+        help="per server, add peers from the first --peers count until a run is not at full quality; report the most that were",
+    )
+    parser.add_argument("--search-max", type=int, default=12, help="with --search: the most peers tried (default 12)")
     parser.add_argument("--workers", type=int, default=2, help="the host's --workers (default 2)")
     parser.add_argument(
         "--host-bot", default="tests.bench.echo_bot:bot",
@@ -672,8 +731,10 @@ def main(argv: list[str] | None = None) -> None:
     peer_counts = [int(x) for x in args.peers.split(",") if x.strip()]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for s in servers:
-        if s not in ("host", "reference"):
+        if s not in ("host", "reference", "baseline"):
             parser.error(f"unknown server {s!r}")
+    if "baseline" in servers and not args.baseline:
+        parser.error("server 'baseline' needs --baseline DIR")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_path = Path(args.out) if args.out else RESULTS_DIR / f"bench-{stamp}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -715,23 +776,39 @@ def main(argv: list[str] | None = None) -> None:
             for result in ipc_bench.run(seconds=args.ipc_seconds, direct=direct):
                 emit({"bench": "ipc", **result})
 
-    for peers in peer_counts:
-        for kind in servers:
-            print(f"--- {kind}, {peers} peers", flush=True)
-            for attempt in range(args.retry_noisy + 1):
-                try:
-                    record = run_one(kind, peers, args, log_dir)
-                except Exception as e:  # a failed run is a result too
-                    record = {"bench": args.media, "server": kind, "peers": peers, "error": f"{type(e).__name__}: {e}"}
-                if not record.get("noisy") or attempt == args.retry_noisy:
-                    emit(record)
-                    break
-                print(f"noisy run (other work used {record['conditions']['foreign_busy_cores']} cores); again", flush=True)
-                record["bench"] = f"{args.media}-noisy-discarded"
+    def measure(kind: str, peers: int) -> dict:
+        print(f"--- {kind}, {peers} peers", flush=True)
+        for attempt in range(args.retry_noisy + 1):
+            try:
+                record = run_one(kind, peers, args, log_dir)
+            except Exception as e:  # a failed run is a result too
+                record = {"bench": args.media, "server": kind, "peers": peers, "error": f"{type(e).__name__}: {e}"}
+            if not record.get("noisy") or attempt == args.retry_noisy:
                 emit(record)
+                return record
+            print(f"noisy run (other work used {record['conditions']['foreign_busy_cores']} cores); again", flush=True)
+            record["bench"] = f"{args.media}-noisy-discarded"
+            emit(record)
+        raise AssertionError("unreachable")
 
-    for ratio in compute_ratios([r for r in records if r.get("bench") == args.media and "error" not in r]):
-        emit(ratio)
+    if args.search:
+        for kind in servers:
+            most = 0
+            for peers in range(peer_counts[0], args.search_max + 1):
+                if not full_quality(measure(kind, peers), args.media):
+                    break
+                most = peers
+            emit({"bench": "capacity", "media": args.media, "server": kind, "sessions_at_full_quality": most,
+                  "full_quality": FULL_QUALITY, "server_cpus": args.server_cpus})
+    else:
+        for peers in peer_counts:
+            for kind in servers:
+                measure(kind, peers)
+
+    runs = [r for r in records if r.get("bench") == args.media and "error" not in r]
+    for against in ("reference", "baseline"):
+        for ratio in compute_ratios(runs, "host", against):
+            emit(ratio)
     ipc = [r for r in records if r.get("bench") == "ipc"]
     if ipc:
         print("\nIPC hop (engine -> worker -> engine, ipc://, real processes)")
