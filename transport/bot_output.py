@@ -13,6 +13,7 @@ from loguru import logger
 
 from engine.common.link import Outbox
 from engine.common.protocol import (
+    AUDIO_OUT_WINDOW_MS,
     OPUS_FRAME_MS,
     OPUS_SAMPLE_RATE,
     VIDEO_QUEUE_FRAMES,
@@ -25,12 +26,6 @@ from engine.common.protocol import (
 from transport.media.codecs import VIDEO_TIME_BASE, OpusEncoder, VideoEncoder
 from transport.media.colour import rgb_to_i420
 from transport.media.framing import AudioFramer
-
-# Bot audio handed to the engine and not yet taken by its sender. write()
-# waits while more is in flight, so the bot runs at the wire's pace and an
-# interruption finds little already on its way.
-AUDIO_OUT_WINDOW_MS = 40
-
 
 class AudioOutput:
     """The bot's audio on its way to the peer: 20 ms Opus packets, numbered, acknowledged by the engine's sender.
@@ -61,6 +56,9 @@ class AudioOutput:
 
     async def write(self, pcm: bytes, sample_rate: int, num_channels: int) -> None:
         """Send PCM as 20 ms Opus packets, returning once no more than the window is unacknowledged.
+
+        The bot so runs at the wire's pace, and an interruption (``clear``)
+        finds little already on its way.
 
         Args:
             pcm: Packed s16 PCM.

@@ -32,6 +32,11 @@ class PacedAudioTrack(AudioStreamTrack):
         self._frame_ready = asyncio.Event()
         self.dropped_frames = 0
 
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting for the sender."""
+        return len(self._frames)
+
     def _queue(self, frames: list[bytes]) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         for index, frame in enumerate(frames):

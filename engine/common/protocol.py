@@ -62,6 +62,13 @@ AUDIO_QUEUE_FRAMES = 25
 # Audio crosses the link as Opus: one packet per 20 ms at 48 kHz, both ways.
 OPUS_SAMPLE_RATE = 48000
 OPUS_FRAME_MS = 20
+# The engine acknowledges bot audio (``AudioOutAck``) every this many packets,
+# and whenever its sender has taken the last one queued, instead of each 20 ms:
+# a message and a wake-up on both sides per packet was most of what a voice
+# session cost the link. The worker keeps at most AUDIO_OUT_WINDOW_MS of audio
+# unacknowledged, which must cover one such stride and the way back.
+AUDIO_OUT_ACK_EVERY = 3
+AUDIO_OUT_WINDOW_MS = 100
 # A video bitrate change smaller than this share is not acted on (as aiortc:
 # it would reopen the encoder for nothing).
 BITRATE_CHANGE_RATIO = 0.1
@@ -237,7 +244,7 @@ class AudioOut(SessionMessage, tag=True, frozen=True):
 
 
 class AudioOutAck(SessionMessage, tag=True, frozen=True):
-    """Engine to worker: the audio up to ``seq`` has been taken by the sender (or dropped)."""
+    """Engine to worker: the audio up to ``seq`` has been taken by the sender (or dropped); sent every ``AUDIO_OUT_ACK_EVERY`` packets and when the sender's queue runs dry."""
 
     seq: int
 

@@ -30,6 +30,7 @@ from engine.aiortc_seam import (
     tap_encoded_frames,
 )
 from engine.common.protocol import (
+    AUDIO_OUT_ACK_EVERY,
     AUDIO_QUEUE_FRAMES,
     AUDIO_TRANSCEIVER_INDEX,
     RECEIVER_BY_SOURCE,
@@ -229,13 +230,18 @@ class PeerMedia:
         self._attach_outputs()
 
     def play_audio(self, seq: int, packet: bytes) -> None:
-        """Queue a packet of bot audio; the worker hears it was taken (``AudioOutAck``) when the sender takes it."""
+        """Queue a packet of bot audio; the worker hears it was taken (``AudioOutAck``) as the protocol says."""
         self._count_bot_media(self._metrics.audio_out)
         if self._audio_out is None:
             self._session.to_worker(AudioOutAck(self._session.pc_id, seq))
             return
-        done = self._audio_out.add_packet(packet)
-        done.add_done_callback(lambda _: self._session.to_worker(AudioOutAck(self._session.pc_id, seq)))
+        track = self._audio_out
+        done = track.add_packet(packet)
+        done.add_done_callback(lambda _: self._acknowledge_audio(track, seq))
+
+    def _acknowledge_audio(self, track: EncodedAudioTrack, seq: int) -> None:
+        if seq % AUDIO_OUT_ACK_EVERY == 0 or not track.queued_frames:
+            self._session.to_worker(AudioOutAck(self._session.pc_id, seq))
 
     def clear_audio(self) -> None:
         """Drop the bot audio not sent yet (the bot was interrupted)."""

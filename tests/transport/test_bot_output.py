@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 
 from engine.common.link import Outbox
-from engine.common.protocol import AudioOutClear, VideoOut
+from engine.common.protocol import AUDIO_OUT_WINDOW_MS, AudioOutClear, VideoOut
 from tests.support.client import bars_match, colour_bars, dominant_frequency
 from tests.support.link import next_sent, sent
 from tests.support.media import BARS, PC_ID, tone
@@ -61,7 +61,8 @@ async def test_closing_releases_a_writer_waiting_for_acknowledgements():
     outbox = Outbox("engine")
     output = AudioOutput(PC_ID, outbox)
     output.open()
-    writing = asyncio.create_task(output.write(tone(440, 48000, 1, 0.1), 48000, 1))
+    # More than the window: the writer waits for acknowledgements that never come.
+    writing = asyncio.create_task(output.write(tone(440, 48000, 1, AUDIO_OUT_WINDOW_MS / 1000 + 0.1), 48000, 1))
     await asyncio.sleep(0.05)
     assert not writing.done()
 

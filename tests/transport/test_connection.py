@@ -4,6 +4,8 @@ import asyncio
 import json
 
 from engine.common.protocol import (
+    AUDIO_OUT_WINDOW_MS,
+    OPUS_FRAME_MS,
     AppMessageOut,
     AudioOut,
     AudioOutClear,
@@ -117,29 +119,30 @@ async def test_peer_media_goes_to_the_track_of_its_source():
     connection.end("test over")
 
 
-async def test_bot_audio_is_sent_as_opus_within_a_40ms_window():
+async def test_bot_audio_is_sent_as_opus_and_the_writer_waits_past_the_window():
     connection, outbox = engine_side()
     connection.open_output(audio=True, audio_auto_silence=True, video=False)
+    window = AUDIO_OUT_WINDOW_MS // OPUS_FRAME_MS
 
-    writing = asyncio.create_task(connection.write_audio(tone(440, 48000, 1, 0.1), 48000, 1))
+    writing = asyncio.create_task(connection.write_audio(tone(440, 48000, 1, 0.2), 48000, 1))
     await asyncio.sleep(0.05)
 
-    assert not writing.done()  # 100 ms in flight: it waits for the engine's sender
+    assert not writing.done()  # 200 ms in flight: it waits for the engine's sender
     packets = [(message, payload) for message, payload in sent(outbox) if isinstance(message, AudioOut)]
-    assert [message.seq for message, _ in packets] == [1, 2, 3, 4, 5]
+    assert [message.seq for message, _ in packets] == list(range(1, 11))
     decoder = MediaDecoder()
     assert all(frame.samples == 960 for _, [data] in packets for frame in decoder.decode("audio/opus", data, 0))
-    connection.handle_audio_ack(2)
+    connection.handle_audio_ack(10 - window - 1)
     await asyncio.sleep(0.05)
-    assert not writing.done()  # still 60 ms in flight
-    connection.handle_audio_ack(3)
+    assert not writing.done()  # still one packet more than the window in flight
+    connection.handle_audio_ack(10 - window)
     await asyncio.wait_for(writing, 2)
 
 
 async def test_ending_the_session_releases_a_waiting_writer_and_tells_the_engine_once():
     connection, outbox = engine_side()
     connection.open_output(audio=True, audio_auto_silence=True, video=False)
-    writing = asyncio.create_task(connection.write_audio(tone(440, 48000, 1, 0.1), 48000, 1))
+    writing = asyncio.create_task(connection.write_audio(tone(440, 48000, 1, 0.2), 48000, 1))
     await asyncio.sleep(0.05)
 
     connection.end("bot ended")
