@@ -6,11 +6,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import zmq.asyncio
+import zmq
 
-from engine.common.link import Frames, Outbox, send_to_worker
+from engine.common.link import Frames, Outbox, send_to_worker_now
 from engine.common.protocol import MediaLane, WorkerHeartbeat
-
 
 # The most a worker's heartbeat may claim: past these it only hides how loaded it is.
 MAX_REPORTED_CPU_SHARE = 256.0
@@ -110,11 +109,11 @@ class WorkerHandle:
 class WorkerRegistry:
     """Live workers by id, and placement of new sessions on them."""
 
-    def __init__(self, router: zmq.asyncio.Socket, on_drop: Callable[[MediaLane], None] | None = None):
+    def __init__(self, router: zmq.Socket, on_drop: Callable[[MediaLane], None] | None = None):
         """Initialize the registry.
 
         Args:
-            router: The engine's socket, which every worker handle sends through.
+            router: The engine's socket (a plain view of it), which every worker handle sends through.
             on_drop: Called with the lane of every media item an outbox drops.
         """
         self._router = router
@@ -140,11 +139,13 @@ class WorkerRegistry:
             key=key,
         )
 
-        async def send(parts: Frames) -> None:
-            # A message the socket cannot route is not dropped silently: the worker is
-            # lost to this engine, and the supervisor moves its sessions.
-            if not await send_to_worker(self._router, identity, parts) and handle.lost_reason is None:
+        def send(parts: Frames) -> bool:
+            sent = send_to_worker_now(self._router, identity, parts)
+            if sent is None and handle.lost_reason is None:
+                # A message the socket cannot route is not dropped silently: the worker is
+                # lost to this engine, and the supervisor moves its sessions.
                 handle.lost_reason = "not connected: a message to it could not be delivered"
+            return sent is not False
 
         handle.pump_task = asyncio.create_task(handle.outbox.pump(send), name=f"pump-{worker_id}")
         self._workers[worker_id] = handle

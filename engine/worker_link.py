@@ -28,7 +28,7 @@ from loguru import logger
 from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from engine.common.link import bind_router, frames, sender_key
+from engine.common.link import LinkSocket, bind_router, frames, send_to_worker_now, sender_key
 from engine.common.protocol import (
     EngineHeartbeat,
     MediaLane,
@@ -165,10 +165,9 @@ class WorkerLink:
         self._on_drop = on_drop
         self._on_heartbeat = on_heartbeat
         self._runtime_dir: str | None = None
+        # The authenticator and the refusals' monitor are asyncio sockets; the link's own is plain (LinkSocket).
         self._context = zmq.asyncio.Context()
-        self._router: zmq.asyncio.Socket | None = None
-        # The same socket for sends that must not wait (to a worker that has no outbox).
-        self._router_now: zmq.Socket | None = None
+        self._router: LinkSocket | None = None
         self._authenticator: AsyncioAuthenticator | None = None
         self._tasks: list[asyncio.Task] = []
         self._local_workers: dict[str, asyncio.subprocess.Process] = {}
@@ -189,17 +188,17 @@ class WorkerLink:
         if not self.endpoint:
             self.endpoint = f"ipc://{self._runtime_dir}/engine.sock"
         local_keys = self._start_authenticator() if self.settings.curve_secret_key_file else ()
-        self._router = bind_router(
-            self._context, self.endpoint, self.settings.curve_secret_key_file, self.settings.worker_dead_after_s
+        router = bind_router(
+            zmq.Context.shadow(self._context.underlying),
+            self.endpoint,
+            self.settings.curve_secret_key_file,
+            self.settings.worker_dead_after_s,
         )
-        self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.local_access = LocalWorkerAccess(local_endpoint(self.endpoint), *local_keys)
-        self._router_now = zmq.Socket.shadow(self._router)
+        self._router = LinkSocket(router, self._handle)
         self.registry = WorkerRegistry(self._router, self._on_drop)
-        self._tasks = [
-            asyncio.create_task(self._receive(), name="engine-receive"),
-            asyncio.create_task(self._supervise(), name="engine-supervise"),
-        ]
+        self._tasks = [asyncio.create_task(self._supervise(), name="engine-supervise")]
         if self._authenticator is not None:
             self._tasks.append(asyncio.create_task(self._log_refusals(), name="engine-refusals"))
         self.log.info(f"engine {self.engine_id} listening for workers on {self.endpoint}")
@@ -231,7 +230,12 @@ class WorkerLink:
         return local_secret_file, engine_public_file
 
     async def _log_refusals(self) -> None:
-        monitor = self._router.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        # As get_monitor_socket does, with the monitor's end an asyncio socket (the router is a plain one).
+        router = self._router.socket
+        address = f"inproc://monitor.engine-{self.engine_id}"
+        router.monitor(address, zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        monitor = self._context.socket(zmq.PAIR)
+        monitor.connect(address)
         try:
             while True:
                 event = await recv_monitor_message(monitor)
@@ -240,7 +244,8 @@ class WorkerLink:
                     "its key is not in curve_authorized_keys_dir (or it does not speak CurveZMQ)"
                 )
         finally:
-            self._router.disable_monitor()
+            if not router.closed:
+                router.disable_monitor()
             monitor.close(linger=0)
 
     def watch_local_worker(self, worker_id: str, process: asyncio.subprocess.Process) -> None:
@@ -260,26 +265,24 @@ class WorkerLink:
         for handle in self.registry or []:
             self.registry.remove(handle, "engine stopped")
         if self._router is not None:
-            self._router.close(linger=0)
+            self._router.close()
         if self._authenticator is not None:
             self._authenticator.stop()
         self._context.term()
         if self._runtime_dir:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
-    async def _receive(self) -> None:
-        while True:
-            parts = await self._router.recv_multipart(copy=False)
-            identity = parts[0].bytes.decode(errors="replace")
-            try:
-                message = decode_from_worker(parts[1].buffer)
-            except (msgspec.DecodeError, IndexError) as e:
-                self.log.warning(f"dropping an unreadable message from worker {identity}: {e}")
-                continue
-            try:
-                self._dispatch(identity, sender_key(parts[1]), message, parts[2:])
-            except Exception:
-                self.log.exception(f"error handling {type(message).__name__} from worker {identity}")
+    def _handle(self, parts: list[zmq.Frame]) -> None:
+        identity = parts[0].bytes.decode(errors="replace")
+        try:
+            message = decode_from_worker(parts[1].buffer)
+        except (msgspec.DecodeError, IndexError) as e:
+            self.log.warning(f"dropping an unreadable message from worker {identity}: {e}")
+            return
+        try:
+            self._dispatch(identity, sender_key(parts[1]), message, parts[2:])
+        except Exception:
+            self.log.exception(f"error handling {type(message).__name__} from worker {identity}")
 
     def _dispatch(self, worker_id: str, key: str | None, message, payload: list) -> None:
         handle = self.registry.get(worker_id)
@@ -307,10 +310,8 @@ class WorkerLink:
 
     def _send_now(self, worker_id: str, message) -> None:
         """Send to a worker with no outbox, if its pipe takes it now; else it is told at its next heartbeat."""
-        try:
-            self._router_now.send_multipart([worker_id.encode(), *frames(message)], flags=zmq.NOBLOCK)
-        except zmq.ZMQError as e:
-            self.log.debug(f"could not tell worker {worker_id} {type(message).__name__}: {e}")
+        if send_to_worker_now(self._router, worker_id.encode(), frames(message)) is not True:
+            self.log.debug(f"could not tell worker {worker_id} {type(message).__name__} now")
 
     def _refuse_other_key(self, handle: WorkerHandle, key: str | None, message) -> None:
         """Take nothing sent under a registered worker's id with a key other than the one it registered with.

@@ -15,12 +15,11 @@ from typing import NamedTuple
 
 import msgspec
 import zmq
-import zmq.asyncio
 from loguru import logger
 from pipecat.utils.file_storage import FileStorage
 
 from engine.common.diagnostics import live_objects
-from engine.common.link import Outbox, connect_dealer
+from engine.common.link import LinkSocket, Outbox, connect_dealer
 from engine.common.protocol import (
     EngineHeartbeat,
     SessionClose,
@@ -147,17 +146,17 @@ class Worker:
 
     async def run(self) -> None:
         """Serve the engine until told to stop, signalled, or the engine goes silent."""
-        context = zmq.asyncio.Context()
+        context = zmq.Context()
         dealer = connect_dealer(
             context, self.endpoint, self.worker_id,
             self.settings.curve_secret_key_file, self.settings.curve_server_key_file,
         )
+        link = LinkSocket(dealer, self._handle)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal)
         loop.add_signal_handler(signal.SIGUSR1, self._report_live_objects)
-        pump = asyncio.create_task(self.outbox.pump(lambda parts: dealer.send_multipart(parts, copy=False)))
-        receive = asyncio.create_task(self._receive(dealer))
+        pump = asyncio.create_task(self.outbox.pump(link.send))
         heartbeat = asyncio.create_task(self._heartbeat())
         self.outbox.send(
             WorkerRegister(self.worker_id, os.getpid(), socket.gethostname(), self.settings.worker_capacity)
@@ -166,7 +165,6 @@ class Worker:
         try:
             await self._stopping.wait()
         finally:
-            receive.cancel()
             heartbeat.cancel()
             for session in self.sessions.values():
                 session.close("worker stopping")
@@ -174,7 +172,7 @@ class Worker:
                 await asyncio.wait(self._session_tasks, timeout=self.settings.bot_end_grace_s + 1)
             await asyncio.sleep(FINAL_FLUSH_S)
             pump.cancel()
-            dealer.close(linger=0)
+            link.close()
             context.term()
             self.log.info(f"worker {self.worker_id} stopped")
 
@@ -204,19 +202,17 @@ class Worker:
         lag_p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
         return WorkerHeartbeat(lag_p99, self._cpu_share, dropped, self._draining, tuple(self.sessions), resident_mb())
 
-    async def _receive(self, dealer: zmq.asyncio.Socket) -> None:
-        while True:
-            parts = await dealer.recv_multipart(copy=False)
-            self._last_heard = time.monotonic()
-            try:
-                message = decode_from_engine(parts[0].buffer)
-            except msgspec.DecodeError as e:
-                self.log.warning(f"dropping an unreadable message from the engine: {e}")
-                continue
-            try:
-                self._dispatch(message, parts[1:])
-            except Exception:
-                self.log.exception(f"error handling {type(message).__name__}")
+    def _handle(self, parts: list[zmq.Frame]) -> None:
+        self._last_heard = time.monotonic()
+        try:
+            message = decode_from_engine(parts[0].buffer)
+        except msgspec.DecodeError as e:
+            self.log.warning(f"dropping an unreadable message from the engine: {e}")
+            return
+        try:
+            self._dispatch(message, parts[1:])
+        except Exception:
+            self.log.exception(f"error handling {type(message).__name__}")
 
     def _dispatch(self, message, payload: list) -> None:
         match message:

@@ -4,7 +4,8 @@ The "engine" side (this process) binds :func:`engine.common.link.bind_router` an
 sends as the engine does: peer media wrapped in ``engine.common.protocol`` messages
 (``AudioIn``: one 20 ms Opus packet; ``VideoIn``: one encoded 640x480 VP8
 frame, both from the benchmark's clip), queued in an :class:`engine.common.link.Outbox`
-lane and sent by its pump through :func:`engine.common.link.send_to_worker`. The
+lane and sent by its pump through :func:`engine.common.link.send_to_worker_now`,
+both ends reading and writing through a :class:`engine.common.link.LinkSocket`. The
 "worker" (a subprocess) connects :func:`engine.common.link.connect_dealer`, decodes
 each header and answers as a bot would, with the same encoded payload
 (``AudioOut``, ``VideoOut``), through its own Outbox pump. Nothing is decoded
@@ -33,9 +34,8 @@ from pathlib import Path
 import numpy as np
 import uvloop
 import zmq
-import zmq.asyncio
 
-from engine.common.link import Outbox, bind_router, connect_dealer, send_to_worker
+from engine.common.link import LinkSocket, Outbox, bind_router, connect_dealer, send_to_worker_now
 from engine.common.protocol import (
     AudioIn,
     AudioOut,
@@ -58,35 +58,35 @@ WIDTH, HEIGHT = 640, 480
 
 
 async def worker_main(endpoint: str, direct: bool) -> None:
-    context = zmq.asyncio.Context()
-    dealer = connect_dealer(context, endpoint, "bench-worker")
+    context = zmq.Context()
     outbox = Outbox("to engine")
-    pump = asyncio.create_task(outbox.pump(lambda parts: dealer.send_multipart(parts, copy=False)))
-    outbox.send(WorkerRegister("bench-worker", os.getpid(), "localhost", 1))
+    stopped = asyncio.Event()
     seq = 0
 
-    async def send_direct(message, payload) -> None:
-        await dealer.send_multipart([encode(message), payload], copy=False)
+    def handle(parts: list[zmq.Frame]) -> None:
+        nonlocal seq
+        message = decode_from_engine(parts[0].buffer)
+        if isinstance(message, AudioIn):
+            seq += 1
+            reply, payload = AudioOut(message.session_id, seq), parts[1]
+        elif isinstance(message, VideoIn):
+            reply, payload = VideoOut(message.session_id, seq, False), parts[1]
+        else:
+            stopped.set()
+            return
+        if direct:
+            link.send([encode(reply), payload])
+        else:
+            outbox.send(reply, payload)
 
-    send = send_direct if direct else None
+    link = LinkSocket(connect_dealer(context, endpoint, "bench-worker"), handle)
+    pump = asyncio.create_task(outbox.pump(link.send))
+    outbox.send(WorkerRegister("bench-worker", os.getpid(), "localhost", 1))
     try:
-        while True:
-            parts = await dealer.recv_multipart(copy=False)
-            message = decode_from_engine(parts[0].buffer)
-            if isinstance(message, AudioIn):
-                seq += 1
-                reply, payload = AudioOut(message.session_id, seq), parts[1]
-            elif isinstance(message, VideoIn):
-                reply, payload = VideoOut(message.session_id, seq, False), parts[1]
-            else:
-                break
-            if send is None:
-                outbox.send(reply, payload)
-            else:
-                await send(reply, payload)
+        await stopped.wait()
     finally:
         pump.cancel()
-        dealer.close(linger=0)
+        link.close()
         context.term()
 
 
@@ -94,7 +94,7 @@ async def worker_main(endpoint: str, direct: bool) -> None:
 
 
 class EngineSide:
-    def __init__(self, router: zmq.asyncio.Socket, identity: bytes, direct: bool = False):
+    def __init__(self, router: LinkSocket, identity: bytes, direct: bool = False):
         self.router = router
         self.identity = identity
         self.direct = direct
@@ -103,18 +103,15 @@ class EngineSide:
         self.rtts: list[float] = []
         self.replied = asyncio.Event()
         self.completed = 0
-        self._pump = asyncio.create_task(self.outbox.pump(lambda parts: send_to_worker(router, identity, parts)))
-        self._receive = asyncio.create_task(self.receive())
+        self._pump = asyncio.create_task(self.outbox.pump(lambda parts: send_to_worker_now(router, identity, parts) is not False))
 
-    async def receive(self) -> None:
-        while True:
-            parts = await self.router.recv_multipart(copy=False)
-            decode_from_worker(parts[1].buffer)
-            now = time.perf_counter()
-            if self.pending:
-                self.rtts.append(now - self.pending.popleft())
-            self.completed += 1
-            self.replied.set()
+    def received(self, parts: list[zmq.Frame]) -> None:
+        decode_from_worker(parts[1].buffer)
+        now = time.perf_counter()
+        if self.pending:
+            self.rtts.append(now - self.pending.popleft())
+        self.completed += 1
+        self.replied.set()
 
     def send(self, kind: str, index: int, data: bytes) -> None:
         self.pending.append(time.perf_counter())
@@ -127,7 +124,7 @@ class EngineSide:
         payload = [data]
         if self.direct:
             # Straight to the socket, no mailbox and pump in between.
-            asyncio.ensure_future(send_to_worker(self.router, self.identity, [encode(message), *payload]))
+            send_to_worker_now(self.router, self.identity, [encode(message), *payload])
         else:
             # As the engine's reader does: a lane per (session, source); bounded, not
             # latest-only, so that with several in flight none is dropped here.
@@ -135,7 +132,6 @@ class EngineSide:
 
     def close(self) -> None:
         self._pump.cancel()
-        self._receive.cancel()
 
 
 def _stats(rtts: list[float]) -> dict:
@@ -202,14 +198,23 @@ async def bench_kind(side: EngineSide, kind: str, worker_pid: int, count: int, s
 async def engine_main(kinds: list[str], count: int, seconds: float, window: int, direct: bool) -> list[dict]:
     runtime = tempfile.mkdtemp(prefix="ipc-bench-")
     endpoint = f"ipc://{runtime}/engine.sock"
-    context = zmq.asyncio.Context()
-    router = bind_router(context, endpoint)
+    context = zmq.Context()
+    registered = asyncio.get_running_loop().create_future()
+    side: EngineSide | None = None
+
+    def handle(parts: list[zmq.Frame]) -> None:
+        if side is not None:
+            side.received(parts)
+        elif not registered.done():
+            registered.set_result(parts)
+
+    router = LinkSocket(bind_router(context, endpoint), handle)
     worker = subprocess.Popen(
         [sys.executable, "-m", "tests.bench.ipc_bench", "--worker", endpoint, *(["--direct"] if direct else [])], cwd=ROOT
     )
     results = []
     try:
-        parts = await asyncio.wait_for(router.recv_multipart(copy=False), 30)
+        parts = await asyncio.wait_for(registered, 30)
         identity = parts[0].bytes
         if not isinstance(decode_from_worker(parts[1].buffer), WorkerRegister):
             raise RuntimeError("the worker did not register first")
@@ -221,7 +226,7 @@ async def engine_main(kinds: list[str], count: int, seconds: float, window: int,
     finally:
         worker.terminate()
         worker.wait(10)
-        router.close(linger=0)
+        router.close()
         context.term()
         for name in os.listdir(runtime):
             os.unlink(os.path.join(runtime, name))

@@ -1,10 +1,11 @@
 """The worker registry: handles that send through the engine's socket, what a heartbeat tells, and placement."""
 
+import asyncio
 import contextlib
 
-import zmq.asyncio
+import zmq
 
-from engine.common.link import bind_router
+from engine.common.link import LinkSocket, bind_router
 from engine.common.protocol import WorkerAccept, WorkerHeartbeat
 from engine.registry import WorkerRegistry
 from tests.support.engines import stand_in_workers
@@ -13,23 +14,24 @@ from tests.support.link import private_endpoint, until
 
 @contextlib.contextmanager
 def registry_on_a_socket():
-    """A registry sending through a real ROUTER socket, the socket, and its endpoint."""
+    """A registry sending through a real ROUTER socket (a ``LinkSocket``, as the engine's), what the socket receives, and its endpoint."""
     with private_endpoint() as endpoint:
-        context = zmq.asyncio.Context()
-        router = bind_router(context, endpoint)
+        context = zmq.Context()
+        received: asyncio.Queue[list[zmq.Frame]] = asyncio.Queue()
+        router = LinkSocket(bind_router(context, endpoint), received.put_nowait)
         try:
-            yield WorkerRegistry(router), router, endpoint
+            yield WorkerRegistry(router), received, endpoint
         finally:
-            router.close(linger=0)
+            router.close()
             context.term()
 
 
 async def test_a_handle_sends_to_its_worker_through_the_socket():
-    with registry_on_a_socket() as (registry, router, endpoint):
+    with registry_on_a_socket() as (registry, received, endpoint):
         async with stand_in_workers(endpoint, "w1") as (worker,):
             # Once the socket has heard the worker, it routes to it.
             await worker.send(WorkerHeartbeat(loop_lag_ms=0.0))
-            await router.recv_multipart()
+            await received.get()
             handle = registry.add("w1", 42, "box", 2)
             assert registry.get("w1") is handle and list(registry) == [handle]
             handle.outbox.send(WorkerAccept("engine-1"))

@@ -11,7 +11,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.common.link import Frames, Outbox
+import zmq
+import zmq.asyncio
+
+from engine.common.link import FULL_PIPE_RETRY_S, Frames, Outbox
 from engine.common.protocol import FromWorker, decode_from_worker
 
 # How long a test waits for something that is due, before it fails instead of hanging.
@@ -71,3 +74,21 @@ async def next_sent(outbox: Outbox, kind: type, timeout: float = DUE_S) -> tuple
         message, payload = _decoded(await asyncio.wait_for(outbox.mailbox.get(), timeout))
         if isinstance(message, kind):
             return message, payload
+
+
+async def send_to_worker(router: zmq.asyncio.Socket, identity: bytes, parts: Frames) -> bool:
+    """Send one message to one worker through a test's ``zmq.asyncio`` ROUTER, waiting while its pipe is full.
+
+    Returns:
+        False if the worker is not connected (the message is dropped).
+    """
+    while True:
+        try:
+            await router.send_multipart([identity, *parts], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            await asyncio.sleep(FULL_PIPE_RETRY_S)
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                return False
+            raise

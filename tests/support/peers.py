@@ -104,9 +104,10 @@ class TestWorker:
     async def __aexit__(self, *exc_info) -> None:
         self.handle.pump_task.cancel()
 
-    async def _receive(self, frames: Frames) -> None:
+    def _receive(self, frames: Frames) -> bool:
         self.received.append((decode_from_engine(frames[0]), frames[1:]))
         self._arrived.set()
+        return True
 
     def messages(self, kind: type[M]) -> list[M]:
         """The messages of this type received so far, in order."""

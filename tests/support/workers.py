@@ -10,8 +10,9 @@ import os
 import zmq
 import zmq.asyncio
 
-from engine.common.link import bind_router, frames, send_to_worker
+from engine.common.link import bind_router, frames
 from engine.common.protocol import FromWorker, Message, decode_from_worker
+from tests.support.link import send_to_worker
 
 
 async def greeter(runner_args):

@@ -9,11 +9,12 @@ import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from engine.common.link import (
+    LinkSocket,
     Outbox,
     bind_router,
     connect_dealer,
     frames,
-    send_to_worker,
+    send_to_worker_now,
 )
 from engine.common.protocol import (
     AudioOut,
@@ -27,7 +28,7 @@ from engine.common.protocol import (
     decode_from_worker,
     encode,
 )
-from tests.support.link import ipc_endpoint, queued_frames, sent_messages
+from tests.support.link import ipc_endpoint, queued_frames, send_to_worker, sent_messages, until
 
 AUDIO = MediaLane("s1", MediaKind.AUDIO)
 VIDEO = MediaLane("s1", MediaKind.VIDEO)
@@ -92,10 +93,11 @@ async def test_pump_sends_in_mailbox_order_and_waits_for_more():
     sent = []
     wanted = asyncio.Event()
 
-    async def send(parts):
+    def send(parts):
         sent.append(decode_from_worker(parts[0]))
         if len(sent) in (3, 4):
             wanted.set()
+        return True
 
     outbox.send_bounded(AUDIO, 10, AudioOut("s1", 1), b"a")
     outbox.send_bounded(VIDEO, 4, VideoOut("s1", 1, True), b"v")
@@ -136,13 +138,50 @@ async def test_router_and_dealer_exchange_multipart_messages_by_worker_id(tmp_pa
         context.term()
 
 
-async def test_send_to_worker_returns_false_for_an_identity_not_connected(tmp_path):
-    context = zmq.asyncio.Context()
-    router = bind_router(context, ipc_endpoint(tmp_path))
+async def test_link_sockets_carry_every_message_both_ways_while_both_send_at_once(tmp_path):
+    # A send can take in the signal of messages that arrived meanwhile: the
+    # reader must still see them (it once waited for a signal that never came).
+    context = zmq.Context()
+    endpoint = ipc_endpoint(tmp_path)
+    at_engine: list[bytes] = []
+    at_worker: list[bytes] = []
+    all_there = asyncio.Event()
+
+    def arrived(into: list[bytes]):
+        def handle(parts):
+            into.append(parts[-1].bytes)
+            if len(at_engine) == len(at_worker) == 2000:
+                all_there.set()
+
+        return handle
+
+    engine = LinkSocket(bind_router(context, endpoint), arrived(at_engine))
+    worker = LinkSocket(connect_dealer(context, endpoint, "w1"), arrived(at_worker))
     try:
-        assert await send_to_worker(router, b"nobody", [b"hello"]) is False
+        assert worker.send([b"hello"])
+        await until(lambda: at_engine)
+        at_engine.clear()
+        for index in range(2000):
+            message = str(index).encode()
+            while not send_to_worker_now(engine, b"w1", [message]):
+                await asyncio.sleep(0.001)
+            while not worker.send([message]):
+                await asyncio.sleep(0.001)
+        await asyncio.wait_for(all_there.wait(), 10)
+        assert at_engine == at_worker == [str(index).encode() for index in range(2000)]
     finally:
-        router.close(linger=0)
+        engine.close()
+        worker.close()
+        context.term()
+
+
+async def test_a_link_socket_tells_a_full_pipe_from_a_worker_not_connected(tmp_path):
+    context = zmq.Context()
+    engine = LinkSocket(bind_router(context, ipc_endpoint(tmp_path)), lambda _: None)
+    try:
+        assert send_to_worker_now(engine, b"nobody", [b"hello"]) is None
+    finally:
+        engine.close()
         context.term()
 
 
