@@ -31,6 +31,7 @@ from engine.common.protocol import (
     SessionClose,
     SessionConnect,
     VideoIn,
+    VideoInBacklog,
     VideoInKeyframeRequest,
 )
 from transport.bot_output import AudioOutput, VideoOutput
@@ -134,9 +135,9 @@ class SmallWebRTCConnection(BaseObject):
         for handler in self._event_handlers.values():
             handler.handlers.clear()
 
-    def deliver_media(self, message: AudioIn | VideoIn, payload: list) -> None:
-        """Route a frame from the engine to its input track."""
-        source = message.source if isinstance(message, VideoIn) else MediaSource.MICROPHONE
+    def deliver_media(self, message: AudioIn | VideoIn | VideoInBacklog, payload: list) -> None:
+        """Route a frame (or a source's backlog) from the engine to its input track."""
+        source = MediaSource.MICROPHONE if isinstance(message, AudioIn) else message.source
         for track in self._tracks.values():
             if track.source == source:
                 track.deliver(message, payload)

@@ -6,10 +6,17 @@ from collections.abc import Callable
 import av
 from loguru import logger
 
-from engine.common.keyframes import KeyframeGate
+from engine.common.keyframes import KeyframeGate, is_keyframe
 from engine.common.mailbox import Mailbox
-from engine.common.protocol import AUDIO_QUEUE_FRAMES, VIDEO_QUEUE_FRAMES, AudioIn, MediaKind, MediaSource, VideoIn
-from transport.media.codecs import MediaDecoder, is_keyframe
+from engine.common.protocol import (
+    AUDIO_QUEUE_FRAMES,
+    VIDEO_QUEUE_FRAMES,
+    AudioIn,
+    MediaSource,
+    VideoIn,
+    VideoInBacklog,
+)
+from transport.media.codecs import MediaDecoder
 
 
 class InputTrack:
@@ -34,7 +41,8 @@ class InputTrack:
         self.source = source
         self._decoder = MediaDecoder()
         self._decoded: Mailbox[av.AudioFrame | av.VideoFrame] = Mailbox(f"{source} in")
-        self._encoded: Mailbox[tuple[VideoIn, bytes]] = Mailbox(f"{source} encoded")
+        # Each item: the codec and its frames in order, (index, pts, bitstream); a backlog is one item.
+        self._encoded: Mailbox[tuple[str, list[tuple[int, int, bytes]]]] = Mailbox(f"{source} encoded")
         self._gate = KeyframeGate(request_keyframe)
         self._decoding: asyncio.Task | None = None
         self._undecodable_warned = False
@@ -46,16 +54,21 @@ class InputTrack:
         """Frames dropped because the bot or the decoder fell behind, or they waited for a keyframe."""
         return self._decoded.dropped_total + self._encoded.dropped_total + self._gate.dropped_frames
 
-    def deliver(self, message: AudioIn | VideoIn, payload: list) -> None:
-        """Take an encoded frame from the engine, dropping by the track's policy (all of them once closed)."""
+    def deliver(self, message: AudioIn | VideoIn | VideoInBacklog, payload: list) -> None:
+        """Take an encoded frame (or a backlog) from the engine, dropping by the track's policy (all of them once closed)."""
         if self._closed:
             return
-        data = payload[0].bytes
-        if self.kind is MediaKind.AUDIO:
-            for frame in self._decode(message.mime_type, data, message.pts) or ():
+        if isinstance(message, AudioIn):
+            for frame in self._decode(message.mime_type, payload[0].bytes, message.pts) or ():
                 self._decoded.put_bounded(self.source, frame, AUDIO_QUEUE_FRAMES)
             return
-        self._encoded.put_bounded(self.source, (message, data), VIDEO_QUEUE_FRAMES)
+        if isinstance(message, VideoIn):
+            frames = [(message.index, message.pts, payload[0].bytes)]
+        else:
+            frames = [
+                (message.first_index + offset, pts, part.bytes) for offset, (pts, part) in enumerate(zip(message.pts, payload))
+            ]
+        self._encoded.put_bounded(self.source, (message.mime_type, frames), VIDEO_QUEUE_FRAMES)
         if self._decoding is None:
             self._decoding = asyncio.create_task(self._decode_video())
 
@@ -74,14 +87,27 @@ class InputTrack:
 
     async def _decode_video(self) -> None:
         while True:
-            message, data = await self._encoded.get()
-            if not self._gate.admit(message.index, is_keyframe(message.mime_type, data)):
+            mime_type, frames = await self._encoded.get()
+            admitted = [
+                (pts, data) for index, pts, data in frames if self._gate.admit(index, is_keyframe(mime_type, data))
+            ]
+            if not admitted:
                 continue
-            frames = await asyncio.to_thread(self._decode, message.mime_type, data, message.pts)
-            if frames is None:
+            pictures = await asyncio.to_thread(self._decode_in_order, mime_type, admitted)
+            if pictures is None:
                 self._gate.break_stream()
-            for frame in frames or ():
-                self._decoded.put_latest(self.source, frame)
+            elif pictures:
+                self._decoded.put_latest(self.source, pictures[-1])
+
+    def _decode_in_order(self, mime_type: str, frames: list[tuple[int, bytes]]) -> list | None:
+        """Decode frames that follow each other; None (logged once) as soon as one does not decode."""
+        pictures = []
+        for pts, data in frames:
+            decoded = self._decode(mime_type, data, pts)
+            if decoded is None:
+                return None
+            pictures += decoded
+        return pictures
 
     async def recv(self) -> av.AudioFrame | av.VideoFrame:
         """The next decoded frame."""

@@ -19,6 +19,7 @@ from engine.common.protocol import (
     SessionOpen,
     TrackStatusChange,
     VideoIn,
+    VideoInBacklog,
     VideoOutBitrateSet,
     VideoOutCodecSet,
     VideoOutKeyframeRequest,
@@ -88,7 +89,7 @@ class Session:
 
     def deliver(self, message, payload: list) -> None:
         """Take a message from the engine for this session."""
-        if isinstance(message, (AudioIn, VideoIn)):
+        if isinstance(message, (AudioIn, VideoIn, VideoInBacklog)):
             self.connection.deliver_media(message, payload)
         else:
             self.mailbox.put(message)

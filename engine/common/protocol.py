@@ -220,6 +220,20 @@ class VideoIn(SessionMessage, tag=True, frozen=True):
     pts: int
 
 
+class VideoInBacklog(SessionMessage, tag=True, frozen=True):
+    """Engine to worker: a peer video source's frames from its last keyframe on, kept until the bot captured it; one bitstream per frame follows.
+
+    They are numbered from ``first_index`` and stamped ``pts``; the source's
+    ``VideoIn`` frames continue the numbering. The bot so starts from the
+    picture the peer sent last, without asking it for a keyframe.
+    """
+
+    source: MediaSource
+    mime_type: str
+    first_index: int
+    pts: tuple[int, ...]
+
+
 class VideoInKeyframeRequest(SessionMessage, tag=True, frozen=True):
     """Worker to engine: a peer video source cannot be decoded (a start, a gap, an error); ask the peer for a keyframe."""
 
@@ -308,6 +322,7 @@ FromEngine = (
     | AppMessageIn
     | AudioIn
     | VideoIn
+    | VideoInBacklog
     | AudioOutAck
     | VideoOutCodecSet
     | VideoOutKeyframeRequest

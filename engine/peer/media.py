@@ -3,7 +3,12 @@
 Peer to bot: the receivers of the sources the bot captures are enabled, the
 others take nothing in; each complete encoded frame goes on to the worker's
 outbox, video frames numbered so a gap shows; and the peer is asked for a
-keyframe when a video source resumes or the worker cannot decode it.
+keyframe when a video source resumes or the worker cannot decode it. Until
+its bot has had time to capture them, video sources are received anyway and
+their frames since the last keyframe kept (``Backlog``): a bot that captures
+one starts from the picture the peer sent last, instead of waiting for the
+peer to answer a keyframe request (or, as Pipecat's transport does for a bot
+that connected after its peer, a new offer).
 
 Bot to peer: the bot's output tracks (already encoded by the worker) on the
 first two transceivers, the negotiated video codec told to the worker, and
@@ -29,6 +34,7 @@ from engine.aiortc_seam import (
     send_picture_loss_indication,
     tap_encoded_frames,
 )
+from engine.common.keyframes import is_keyframe
 from engine.common.protocol import (
     AUDIO_OUT_ACK_EVERY,
     AUDIO_QUEUE_FRAMES,
@@ -45,6 +51,7 @@ from engine.common.protocol import (
     MediaSource,
     OutputOpen,
     VideoIn,
+    VideoInBacklog,
     VideoOutBitrateSet,
     VideoOutCodecSet,
     VideoOutKeyframeRequest,
@@ -60,6 +67,36 @@ from engine.tracks import EncodedAudioTrack, EncodedVideoTrack
 VIDEO_JITTER_BUFFER_CAPACITY = {VIDEO_TRANSCEIVER_INDEX: 128, SCREEN_VIDEO_TRANSCEIVER_INDEX: 512}
 # How long a resumed video receiver waits for the sender's first packet to ask it for a keyframe.
 KEYFRAME_REQUEST_WAIT_S = 1.0
+# How long after its bot is ready a video source the bot has not captured is still received and
+# kept (a bot captures as it connects); then its receiver stops, as for any source not captured.
+BACKLOG_AFTER_BOT_READY_S = 2.0
+# The most of a source a backlog keeps (3 s at 30 fps; a few detailed screen keyframes); past
+# either, it is dropped and waits for the next keyframe.
+BACKLOG_MAX_FRAMES = 90
+BACKLOG_MAX_BYTES = 2_000_000
+
+
+class Backlog:
+    """A video source's frames from its last keyframe on, numbered, bounded; empty until a keyframe comes."""
+
+    def __init__(self):
+        """Initialize an empty backlog."""
+        self.mime_type = ""
+        self.first_index = 0
+        self.frames: list[tuple[int, bytes]] = []  # (pts, bitstream)
+        self._size = 0
+
+    def keep(self, mime_type: str, index: int, pts: int, data: bytes) -> None:
+        """Keep frame ``index`` if it is a keyframe or continues the frames kept; otherwise start over."""
+        if is_keyframe(mime_type, data):
+            self.mime_type, self.first_index, self.frames, self._size = mime_type, index, [], 0
+        elif not self.frames or index != self.first_index + len(self.frames) or mime_type != self.mime_type:
+            self.frames, self._size = [], 0
+            return
+        self.frames.append((pts, data))
+        self._size += len(data)
+        if len(self.frames) > BACKLOG_MAX_FRAMES or self._size > BACKLOG_MAX_BYTES:
+            self.frames, self._size = [], 0
 
 
 class PeerMedia:
@@ -79,6 +116,11 @@ class PeerMedia:
         self._capture: dict[str, bool] = {}
         # Each video source's frames are numbered (engine.common.keyframes); a gap means "wait for a keyframe".
         self._frame_index = {index: 0 for index in SOURCE_BY_RECEIVER}
+        # The video receivers whose frames go to the worker, and the backlogs of the others.
+        self._forwarding: set[int] = set()
+        self._backlogs: dict[int, Backlog] = {}
+        self._keeping_backlogs = True
+        self._backlogs_end: asyncio.TimerHandle | None = None
         self._bot_was_late = False
         self._keyframe_requests: set[asyncio.Task] = set()
         self._output_request: OutputOpen | None = None
@@ -110,16 +152,22 @@ class PeerMedia:
     # ---- the peer's media, to the bot ----
 
     def bot_connected(self, peer_connected: bool) -> None:
-        """The bot is ready (``SessionConnect``); ``peer_connected``: the peer was first."""
+        """The bot is ready (``SessionConnect``); ``peer_connected``: the peer was first.
+
+        The sources it does not capture within ``BACKLOG_AFTER_BOT_READY_S`` stop being received.
+        """
         self._bot_was_late = peer_connected
+        if self._backlogs_end is not None:
+            self._backlogs_end.cancel()
+        self._backlogs_end = asyncio.get_running_loop().call_later(BACKLOG_AFTER_BOT_READY_S, self._stop_keeping_backlogs)
 
     def set_capture(self, request: MediaCaptureSet) -> bool:
         """Start or stop forwarding one of the peer's sources to the bot.
 
         Returns:
             Whether to ask the peer for a new offer: the bot starts a video
-            source of a peer that connected before it, and the next scheduled
-            keyframe may be far.
+            source of a peer that connected before it, there is no backlog
+            to start it from, and the next scheduled keyframe may be far.
         """
         index = RECEIVER_BY_SOURCE.get(request.source)
         if index is None:
@@ -127,10 +175,10 @@ class PeerMedia:
             return False
         starting = not self._wanted(index)
         self._capture[request.source] = request.enabled
-        self._apply_capture(index)
+        from_backlog = self._apply_capture(index)
         if starting and index != AUDIO_TRANSCEIVER_INDEX and self._wanted(index) and self._bot_was_late:
             self._bot_was_late = False
-            return True
+            return not from_backlog
         return False
 
     def set_source_enabled(self, index: int, enabled: bool) -> None:
@@ -148,6 +196,8 @@ class PeerMedia:
         """A fresh bot takes the session over: it captures nothing yet, and the lost bot's audio is not its to finish."""
         self._capture = {}
         self._bot_was_late = False
+        self._forwarding.clear()
+        self._keeping_backlogs = True
         if self._audio_out is not None:
             self._audio_out.clear()
         for index in SOURCE_BY_RECEIVER:
@@ -158,6 +208,9 @@ class PeerMedia:
         for task in self._keyframe_requests:
             task.cancel()
         self._keyframe_requests.clear()
+        if self._backlogs_end is not None:
+            self._backlogs_end.cancel()
+        self._backlogs.clear()
         self._session.worker.outbox.forget_session(self._session.pc_id)
 
     def _wanted(self, index: int) -> bool:
@@ -166,24 +219,65 @@ class PeerMedia:
             return False
         return index == AUDIO_TRANSCEIVER_INDEX or self._enabled_sources[index]
 
+    def _receiving(self, index: int) -> bool:
+        """Whether the receiver takes packets in: the bot wants the source, or it is video still kept in a backlog."""
+        if self._wanted(index):
+            return True
+        return index != AUDIO_TRANSCEIVER_INDEX and self._keeping_backlogs and self._enabled_sources[index]
+
     def _receiver(self, index: int) -> RTCRtpReceiver | None:
         pc = self._session.pc
         transceivers = pc.getTransceivers() if pc else []
         return transceivers[index].receiver if index < len(transceivers) else None
 
-    def _apply_capture(self, index: int) -> None:
+    def _apply_capture(self, index: int) -> bool:
+        """Enable the receiver as the bot's capture and the peer's source say; True if a video source started from its backlog."""
         receiver = self._receiver(index)
         if receiver is None:
-            return
+            return False
         wanted = self._wanted(index)
-        if wanted and not receiver_enabled(receiver) and index != AUDIO_TRANSCEIVER_INDEX:
-            # Resuming mid-stream: the jitter buffer still holds the packets
-            # from before the pause, and nothing decodes before the next keyframe.
-            reset_video_jitter_buffer(receiver, VIDEO_JITTER_BUFFER_CAPACITY[index])
-            # The stream resumes mid-way: a gap, so the worker waits for a keyframe.
-            self._frame_index[index] += 1
-            self._ask_peer_for_keyframe(index)
-        enable_receiver(receiver, wanted)
+        from_backlog = False
+        if index != AUDIO_TRANSCEIVER_INDEX:
+            if wanted and index not in self._forwarding:
+                self._forwarding.add(index)
+                from_backlog = receiver_enabled(receiver) and self._send_backlog(index)
+                if not from_backlog:
+                    if not receiver_enabled(receiver):
+                        # Resuming mid-stream: the jitter buffer still holds the packets
+                        # from before the pause, and nothing decodes before the next keyframe.
+                        reset_video_jitter_buffer(receiver, VIDEO_JITTER_BUFFER_CAPACITY[index])
+                    # The stream starts mid-way: a gap, so the worker waits for a keyframe.
+                    self._frame_index[index] += 1
+                    self._ask_peer_for_keyframe(index)
+            elif not wanted:
+                self._forwarding.discard(index)
+            if wanted or not self._receiving(index):
+                self._backlogs.pop(index, None)
+        enable_receiver(receiver, self._receiving(index))
+        return from_backlog
+
+    def _send_backlog(self, index: int) -> bool:
+        """Send the worker a source's backlog, if it has one; its live frames follow."""
+        backlog = self._backlogs.pop(index, None)
+        if backlog is None or not backlog.frames or not self._session.bot_ready:
+            return False
+        session = self._session
+        source = SOURCE_BY_RECEIVER[index]
+        pts, data = zip(*backlog.frames)
+        message = VideoInBacklog(session.pc_id, source, backlog.mime_type, backlog.first_index, pts)
+        session.worker.outbox.send_bounded(
+            MediaLane(session.pc_id, source.kind, source), VIDEO_QUEUE_FRAMES, message, *data
+        )
+        self._metrics.video_in.inc(len(data))
+        return True
+
+    def _stop_keeping_backlogs(self) -> None:
+        """The bot has had its time to capture: sources it does not capture stop being received."""
+        self._backlogs_end = None
+        self._keeping_backlogs = False
+        self._backlogs.clear()
+        for index in SOURCE_BY_RECEIVER:
+            self._apply_capture(index)
 
     def _ask_peer_for_keyframe(self, index: int) -> None:
         receiver = self._receiver(index)
@@ -203,8 +297,8 @@ class PeerMedia:
             await send_picture_loss_indication(receiver, source.source)
 
     def _hand_on(self, index: int, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
-        """Send a complete encoded frame of the peer's to the worker, if its bot is there to read it."""
-        # A disabled receiver assembles nothing: every frame here is one the bot captures.
+        """Send a complete encoded frame of the peer's to the worker, if its bot is there to read it, or keep it in the source's backlog."""
+        # A disabled receiver assembles nothing: every frame here is one the bot captures, or video kept for it.
         source = SOURCE_BY_RECEIVER.get(index)
         if source is None:
             return
@@ -217,7 +311,9 @@ class PeerMedia:
                 self._metrics.audio_in.inc()
             return
         self._frame_index[index] += 1
-        if session.bot_ready:
+        if index not in self._forwarding:
+            self._backlogs.setdefault(index, Backlog()).keep(codec.mimeType, self._frame_index[index], frame.timestamp, frame.data)
+        elif session.bot_ready:
             message = VideoIn(session.pc_id, source, codec.mimeType, self._frame_index[index], frame.timestamp)
             session.worker.outbox.send_bounded(lane, VIDEO_QUEUE_FRAMES, message, frame.data)
             self._metrics.video_in.inc()

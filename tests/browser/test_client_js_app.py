@@ -14,8 +14,9 @@ answers requests for ``/client-js-app/`` on the host's origin from the build
 channel are the host's own. As for Pipecat's prebuilt clients, the transport's
 device layer is swapped in the script as served (see ``pagetools``).
 
-One call, with the test bot that starts late (``tests.support.bots``:
-``slow``), so that the host asks the app to renegotiate:
+One call, with the test bot that asks its peer for a new offer once connected
+(``tests.support.bots``: ``renegotiating``), so that the host asks the app to
+renegotiate:
 
 - it connects (``POST /api/offer`` with its request data, no ``/start``) and
   the bot's RTVI ``bot-ready`` and ``host-info`` server message arrive;
@@ -196,20 +197,20 @@ def test_client_js_app_connects_renegotiates_and_restarts(client_js_app, host_fa
     page.on("request", lambda request: requested.append(request.url))
     page.goto(f"{host.base_url}{APP_PATH}index.html")
 
-    bot_ready = page.evaluate("app.connect({bot: 'slow'})")
+    bot_ready = page.evaluate("app.connect({bot: 'renegotiating'})")
     assert bot_ready["about"]["library"] == "pipecat-ai", bot_ready
     assert swaps == [1], swaps
     assert page.evaluate("window.__mediaManager?.constructor.name") == "PlainMediaManager"
     answer = wait_for_offer(page, offers, lambda body: body["pc_id"] is None)
     pc_id = answer["pc_id"]
-    assert offers[0][0]["requestData"] == {"bot": "slow"}
+    assert offers[0][0]["requestData"] == {"bot": "renegotiating"}
     worker_id = session_worker(host, pc_id)["worker_id"]
     page.wait_for_function(
         "(workerId) => app.serverMessages.some((m) => m.type === 'host-info' && m.worker_id === workerId)",
         arg=worker_id,
     )
 
-    # The bot started after the peer had connected: the host asks for a new offer, which keeps the pc_id.
+    # The bot asks for a new offer: the app's keeps the pc_id.
     page.wait_for_function(
         "() => window.__dcMessages.some((m) => JSON.parse(m.data).message?.type === 'renegotiate')"
     )

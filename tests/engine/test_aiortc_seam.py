@@ -29,6 +29,7 @@ from engine.aiortc_seam import (
     mdns_answered_from,
     tap_encoded_frames,
 )
+from engine.common.keyframes import is_keyframe
 from engine.tracks import EncodedVideoTrack
 from tests.support.peers import (
     client_pc,
@@ -37,7 +38,7 @@ from tests.support.peers import (
     mdns_name,
     without_end_of_candidates,
 )
-from transport.media.codecs import MediaDecoder, is_keyframe
+from transport.media.codecs import MediaDecoder
 
 _MISSING = object()
 

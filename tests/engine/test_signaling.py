@@ -217,14 +217,15 @@ async def test_start_is_rate_limited_per_client_address():
 
 
 async def test_a_start_session_no_offer_used_expires_and_a_used_one_lasts_with_its_peer():
-    async with api(start_session_ttl_s=0.2) as (engine, client), stand_in_workers(engine.endpoint, "w1") as (worker,):
+    async with api(start_session_ttl_s=0.5) as (engine, client), stand_in_workers(engine.endpoint, "w1") as (worker,):
         await worker.register()
-        unused = (await client.post("/start", json={})).json()["sessionId"]
-        used = (await client.post("/start", json={})).json()["sessionId"]
+        # The offer is made first: gathering its candidates on a busy machine could outlast the sessions.
         async with client_offer() as pc:
             offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+            unused = (await client.post("/start", json={})).json()["sessionId"]
+            used = (await client.post("/start", json={})).json()["sessionId"]
             pc_id = (await client.post(f"/sessions/{used}/api/offer", json=offer)).json()["pc_id"]
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.6)
             reply = await client.patch(f"/sessions/{used}/api/offer", json={"pc_id": pc_id, "candidates": [END_OF_CANDIDATES]})
             assert reply.json() == {"status": "success"}
             reply = await client.post(f"/sessions/{unused}/api/offer", json=offer)

@@ -64,9 +64,17 @@ async def test_restart_pc_keeps_pc_id_and_bot(host):
         assert host.log().count(f"session {pc_id} started") == 1
 
 
-async def test_a_late_bot_asks_for_a_new_offer(host):
+async def test_a_late_bot_starts_from_the_video_the_peer_already_sent_without_a_new_offer(host):
+    # The engine kept the camera's frames since its keyframe until the bot captured it (Pipecat's transport asks for a new offer).
     async with TestPeer(host.base_url) as peer:
         await peer.connect(request_data=body("slow"))
+        await peer.wait_for_video_frames(5)
+        assert [m for m in peer.signalling if isinstance(m, dict) and m.get("type") == "renegotiate"] == []
+
+
+async def test_a_bot_asking_for_a_new_offer_gets_one_under_the_same_pc_id(host):
+    async with TestPeer(host.base_url) as peer:
+        await peer.connect(request_data=body("renegotiating"))
         await peer.wait_for_signalling("renegotiate", timeout=10)
         await peer.wait_for_video_frames(5)
 

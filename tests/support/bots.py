@@ -34,6 +34,16 @@ async def slow(runner_args):
     await demo_bot.bot(runner_args)
 
 
+async def renegotiating(runner_args):
+    """The demo bot, asking its peer for a new offer as soon as both are connected (as a bot that changes its tracks)."""
+
+    async def ask(connection):
+        connection.ask_to_renegotiate()
+
+    runner_args.webrtc_connection.add_event_handler("connected", ask)
+    await demo_bot.bot(runner_args)
+
+
 async def ending(runner_args):
     """The demo bot, ending by itself after a second."""
     try:
@@ -156,6 +166,7 @@ async def screen(runner_args):
 
 BOTS = {
     "slow": slow,
+    "renegotiating": renegotiating,
     "ending": ending,
     "raising": raising,
     "hanging": hanging,

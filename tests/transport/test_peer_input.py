@@ -4,7 +4,7 @@ import asyncio
 
 import zmq
 
-from engine.common.protocol import AudioIn, MediaSource
+from engine.common.protocol import AudioIn, MediaSource, VideoInBacklog
 from tests.support.media import BARS, encoded_audio, encoded_video, tone
 from transport.peer_input import InputTrack
 
@@ -33,6 +33,23 @@ async def test_a_lost_frame_asks_for_a_keyframe_and_drops_to_it():
     # Frame 6 is newest; 4 was dropped (it depends on the lost 3) and a keyframe was asked for.
     assert decoded == [6 * 3000]
     assert requests == [1] and track.dropped >= 1
+    track.close()
+
+
+async def test_a_backlog_decodes_to_its_newest_picture_and_the_live_frames_continue_it():
+    requests = []
+    track = InputTrack(MediaSource.CAMERA, lambda: requests.append(1))
+    frames = encoded_video(8, {1})
+    kept, live = frames[:5], frames[5:]
+    backlog = VideoInBacklog(kept[0][0].session_id, MediaSource.CAMERA, "video/VP8", 1, tuple(m.pts for m, _ in kept))
+    track.deliver(backlog, [payload for _, [payload] in kept])
+    frame = await asyncio.wait_for(track.recv(), 2)
+    assert frame.pts == 5 * 3000  # the newest of the backlog, the others decoded on the way to it
+    for message, payload in live:
+        track.deliver(message, payload)
+        await asyncio.sleep(0.05)
+    assert (await asyncio.wait_for(track.recv(), 2)).pts == 8 * 3000
+    assert requests == []  # numbered on from the backlog: no gap, no keyframe asked for
     track.close()
 
 

@@ -4,8 +4,8 @@ The engine hands the worker the peer's media as encoded frames and sends the
 bot's media as the worker encoded it; it only depacketizes and packetizes.
 Everything in between happens here, one role per module:
 
-- ``codecs``: ``MediaDecoder`` decodes the peer's frames (``is_keyframe`` tells
-  which decode on their own); ``VideoEncoder`` and ``OpusEncoder`` encode the
+- ``codecs``: ``MediaDecoder`` decodes the peer's frames (``engine.common.keyframes.is_keyframe``
+  tells which decode on their own); ``VideoEncoder`` and ``OpusEncoder`` encode the
   bot's video and audio (``VIDEO_TIME_BASE`` is the video encoder's clock).
 - ``colour``: ``planes_to_rgb`` turns decoded pictures into the bot's packed
   RGB (``FORMAT_CONVERSIONS`` lists the formats it takes), ``rgb_to_i420`` the

@@ -55,18 +55,6 @@ class MediaDecoder:
         return self._decoder.decode(JitterFrame(data, pts))
 
 
-def is_keyframe(mime_type: str, data: bytes) -> bool:
-    """Whether an encoded video frame decodes on its own (VP8 and H264; another codec: no)."""
-    match mime_type.lower():
-        case "video/vp8":
-            # RFC 6386 9.1: bit 0 of the frame tag is 0 for a key frame.
-            return len(data) > 0 and data[0] & 0x01 == 0
-        case "video/h264":
-            # Annex B, as aiortc reassembles it: an IDR slice (5) or the SPS (7) that starts one.
-            return any(nal and nal[0] & 0x1F in (5, 7) for nal in data.split(b"\x00\x00\x01"))
-    return False
-
-
 VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)
 
 # How aiortc's own encoders configure libvpx and libx264 for real-time WebRTC

@@ -1,6 +1,6 @@
 """The keyframe gate: a stream starts at a keyframe, and after a gap waits for the next one, asking once."""
 
-from engine.common.keyframes import KEYFRAME_RETRY_S, KeyframeGate
+from engine.common.keyframes import KEYFRAME_RETRY_S, KeyframeGate, is_keyframe
 
 
 def test_a_stream_starts_at_its_first_keyframe():
@@ -33,3 +33,9 @@ def test_a_broken_stream_asks_again_after_the_retry_interval(monkeypatch):
     now[0] += KEYFRAME_RETRY_S
     assert not gate.admit(1, False)
     assert requests == [100.0, 100.0 + KEYFRAME_RETRY_S]
+
+
+def test_keyframe_detection_of_unknown_or_empty_frames():
+    # Real keyframes of both codecs are told apart in tests/transport/media/test_codecs.py, from the encoders.
+    assert not is_keyframe("video/VP8", b"")
+    assert not is_keyframe("video/AV1", b"\x00")

@@ -28,6 +28,7 @@ EXAMPLES = [
     protocol.OutputOpen("pc", True, True, True),
     protocol.AudioIn("pc", "audio/opus", 960),
     protocol.VideoIn("pc", protocol.MediaSource.SCREEN_VIDEO, "video/VP8", 12, 3000),
+    protocol.VideoInBacklog("pc", protocol.MediaSource.CAMERA, "video/VP8", 3, (9000, 12000)),
     protocol.AudioOut("pc", 7),
     protocol.AudioOutAck("pc", 7),
     protocol.VideoOut("pc", 1, True),

@@ -1,5 +1,8 @@
-"""The peer's media to the bot (what it captures, numbered frames, gaps) and the bot's output tracks to the peer."""
+"""The peer's media to the bot (what it captures, numbered frames, gaps, backlogs) and the bot's output tracks to the peer."""
 
+import asyncio
+
+from engine.common.keyframes import is_keyframe
 from engine.common.protocol import (
     AudioIn,
     AudioOut,
@@ -10,10 +13,12 @@ from engine.common.protocol import (
     SessionConnect,
     TrackStatusChange,
     VideoIn,
+    VideoInBacklog,
     VideoOut,
     VideoOutCodecSet,
     VideoOutKeyframeRequest,
 )
+from engine.peer import media
 from engine.tracks import OPUS_SILENCE
 from tests.support.peers import PC_ID, PeerRig
 
@@ -34,10 +39,46 @@ async def test_captured_sources_reach_the_worker_as_numbered_frames():
         assert {(m.mime_type, m.session_id) for m in audio} == {("audio/opus", PC_ID)}
         assert {(m.source, m.mime_type) for m in video} == {(MediaSource.CAMERA, "video/VP8")}
         assert all(payloads(rig, AudioIn)) and all(payloads(rig, VideoIn))
-        # Counted from 1, which the camera's start took: a gap, so the worker waits for a keyframe.
+        # Numbered one after the other (where they start depends on what the peer had sent: the tests below).
         indexes = [m.index for m in video]
-        assert indexes == list(range(2, 2 + len(indexes)))
-        # The peer connected before the bot was ready: it is asked for a new offer, and a fresh keyframe.
+        assert indexes == list(range(indexes[0], indexes[0] + len(indexes)))
+
+
+async def video_packets_sent(rig: PeerRig) -> int:
+    stats = await rig.client.pc.getStats()
+    return sum(s.packetsSent for s in stats.values() if s.type == "outbound-rtp" and s.kind == "video")
+
+
+async def test_a_bot_capturing_video_the_peer_already_sends_starts_from_its_backlog_without_a_new_offer():
+    async with PeerRig(send_media=True) as rig:
+        await rig.connect()
+        async with asyncio.timeout(10):
+            while await video_packets_sent(rig) < 60:
+                await asyncio.sleep(0.05)
+        rig.from_bot(SessionConnect(PC_ID))
+        rig.from_bot(MediaCaptureSet(PC_ID, MediaSource.CAMERA, True))
+
+        [backlog] = await rig.worker.wait_for(VideoInBacklog)
+        [(_, frames)] = [(m, p) for m, p in rig.worker.received if isinstance(m, VideoInBacklog)]
+        assert backlog.source == MediaSource.CAMERA and len(frames) == len(backlog.pts) >= 1
+        assert is_keyframe(backlog.mime_type, bytes(frames[0]))
+        # The live frames number on from it: nothing to wait for, no keyframe asked of the peer.
+        [first_live, *_] = await rig.worker.wait_for(VideoIn)
+        assert first_live.index == backlog.first_index + len(backlog.pts)
+        assert rig.client.signalling() == []
+
+
+async def test_a_source_the_bot_does_not_capture_in_time_stops_and_starts_later_from_a_keyframe_request(monkeypatch):
+    monkeypatch.setattr(media, "BACKLOG_AFTER_BOT_READY_S", 0.05)
+    async with PeerRig(send_media=True) as rig:
+        await rig.connect()
+        rig.from_bot(SessionConnect(PC_ID))
+        await asyncio.sleep(0.3)  # past the bot's time to capture: the camera's receiver stops
+        rig.from_bot(MediaCaptureSet(PC_ID, MediaSource.CAMERA, True))
+
+        [first, *_] = await rig.worker.wait_for(VideoIn)
+        assert rig.worker.messages(VideoInBacklog) == []
+        # The peer connected before the bot was ready: as Pipecat, it is asked for a new offer.
         assert rig.client.signalling() == [{"type": "renegotiate"}]
 
 

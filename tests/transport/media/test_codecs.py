@@ -4,9 +4,10 @@ import av
 import numpy as np
 import pytest
 
+from engine.common.keyframes import is_keyframe
 from tests.support.client import dominant_frequency
 from tests.support.media import BARS, tone
-from transport.media.codecs import MediaDecoder, OpusEncoder, VideoEncoder, is_keyframe
+from transport.media.codecs import MediaDecoder, OpusEncoder, VideoEncoder
 from transport.media.colour import rgb_to_i420
 
 BARS_I420 = rgb_to_i420(BARS, BARS.shape[1], BARS.shape[0])
@@ -74,8 +75,3 @@ def test_media_decoder_decodes_opus_and_refuses_an_unknown_codec():
     assert (frames[0].sample_rate, frames[0].samples, frames[0].format.name) == (48000, 960, "s16")
     with pytest.raises(ValueError):
         decoder.decode("video/AV1", b"\x00", 0)
-
-
-def test_keyframe_detection_of_unknown_or_empty_frames():
-    assert not is_keyframe("video/VP8", b"")
-    assert not is_keyframe("video/AV1", b"\x00")
