@@ -321,13 +321,11 @@ class HostSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _turn_secret_has_turn_servers(self) -> "HostSettings":
-        if not self.turn_shared_secret:
-            return self
-        turn = [server for server in self.ice_servers if server.is_turn]
-        if not turn:
-            raise ValueError("turn_shared_secret: ice_servers has no turn: or turns: server to mint credentials for")
-        if any(server.username or server.credential for server in turn):
+    def _turn_secret_or_static_credentials(self) -> "HostSettings":
+        # Only a static password is refused: a worker, told no ice_servers, may share the engine's secret.
+        if self.turn_shared_secret and any(
+            server.is_turn and (server.username or server.credential) for server in self.ice_servers
+        ):
             raise ValueError(
                 "turn_shared_secret: the host mints the TURN servers' usernames and credentials from it; "
                 "leave them out of ice_servers"
