@@ -50,6 +50,8 @@ HOST_ADDRESS = "10.72.0.2"
 HOST_PUBLIC_ADDRESS = "203.0.113.10"
 TURN_ADDRESS = "192.0.2.2"
 
+#: Namespace names are this, the test process's id, a dash and the namespace's role.
+NAMESPACE_PREFIX = "swh"
 #: The program that forwards frames across the lossy wire.
 WIRE_MODULE = "tests.support.wire"
 
@@ -117,11 +119,14 @@ class NetNamespace:
 class NamedNamespace(NetNamespace):
     """A namespace made with ``ip netns add NAME`` (so ``ip netns exec NAME`` runs programs in it)."""
 
-    def __init__(self, name: str):
-        run([str(IP), "netns", "add", name])
+    def __init__(self, name: str, create: bool = True):
+        """Make the namespace (with ``lo`` up), or with ``create=False`` take one made earlier."""
+        if create:
+            run([str(IP), "netns", "add", name])
         self.name = name
         super().__init__(os.stat(f"/run/netns/{name}").st_ino)
-        self.run(str(IP), "link", "set", "lo", "up")
+        if create:
+            self.run(str(IP), "link", "set", "lo", "up")
 
     def exec_prefix(self) -> list[str]:
         """What to put before a command to run it in this namespace."""
@@ -216,7 +221,7 @@ class NatTopology:
             raise
 
     def _namespace(self, role: str) -> NamedNamespace:
-        namespace = NamedNamespace(f"swh{os.getpid()}-{role}")
+        namespace = NamedNamespace(f"{NAMESPACE_PREFIX}{os.getpid()}-{role}")
         self.namespaces.append(namespace)
         return namespace
 
@@ -295,8 +300,15 @@ class NatTopology:
 
 
 def network_tools() -> None:
-    """iproute2 and iptables, installed if missing; skips (fails in CI) without them or without namespaces."""
+    """iproute2 and iptables, installed if missing; skips (fails in CI) without them or without root.
+
+    Namespaces left by a test process that was killed before its teardown are deleted.
+    """
     if os.geteuid() != 0:
         unavailable("network namespaces, veth links and iptables need root")
     debian_tool(IP, "iproute2")
     debian_tool(IPTABLES, "iptables")
+    for name in run([str(IP), "netns", "list"]).split():
+        owner = name.removeprefix(NAMESPACE_PREFIX).partition("-")[0]
+        if name.startswith(NAMESPACE_PREFIX) and owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            NamedNamespace(name, create=False).delete()
