@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +182,17 @@ def call_from_client(
     return described
 
 
+def frame_metrics(host: HostProcess) -> dict[str, float]:
+    """The host's frame counters (``smallwebrtc_frames_total``, ``smallwebrtc_frames_dropped_total``)."""
+    with urllib.request.urlopen(f"{host.base_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in text.splitlines())
+        if name.startswith(("smallwebrtc_frames_total", "smallwebrtc_frames_dropped_total"))
+    }
+
+
 def assert_media_flowed(call: dict) -> None:
     """Audio and video of the bot's echo arrived during the call, with no error in the client."""
     assert call["video_frames"] > 0, call
@@ -265,9 +277,11 @@ def test_coturn_refuses_minted_credentials_once_expired_or_minted_from_another_s
 def test_over_a_lossy_slow_path_media_keeps_flowing_and_video_recovers(lossy_topology):
     with host_behind_nat(lossy_topology) as host:
         call = call_from_client(lossy_topology, host, seconds=LOSSY_CALL_SECONDS)
+        with lossy_topology.host.entered():
+            metrics = frame_metrics(host)
     wire = lossy_topology.stop_wire()
     figures = {key: call[key] for key in FIGURES}
-    print(f"5% loss, 100 ms each way: {json.dumps(figures)}; wire: {json.dumps(wire)}")
+    print(f"5% loss, 100 ms each way: {json.dumps(figures)}; wire: {json.dumps(wire)}; host: {json.dumps(metrics)}")
 
     assert all(direction["dropped"] for direction in wire.values()), wire
     assert_media_flowed(call)
