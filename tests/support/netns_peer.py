@@ -127,7 +127,7 @@ async def call(base_url: str, address: str, seconds: float, request_data: dict, 
             "answer_candidates": candidates(peer.pc.remoteDescription.sdp),
             "ice_servers": [
                 {"urls": server.urls, "username": server.username, "credential": server.credential}
-                for server in peer._ice_servers
+                for server in peer.ice_servers
             ],
             "selected_pair": selected_pair(peer),
             "connected_after_s": round(connected_after, 3),
