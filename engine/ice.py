@@ -5,10 +5,15 @@ and aioice never gathers 127.0.0.1 as a host candidate. A host behind NAT, a
 container, or a test confined to loopback needs control over both.
 """
 
+import base64
 import errno
+import hashlib
+import hmac
 import ipaddress
 import itertools
 import re
+import secrets
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -16,6 +21,8 @@ import aioice.ice
 import ifaddr
 import uvloop
 from aiortc.sdp import SessionDescription
+
+from engine.common.settings import HostSettings, IceServer
 
 
 def local_addresses() -> set[str]:
@@ -115,6 +122,35 @@ def announce_address(sdp: str, address: str) -> str:
         sdp,
         flags=re.MULTILINE,
     )
+
+
+def turn_credentials(secret: str, ttl_s: float, user: str, now: float | None = None) -> tuple[str, str]:
+    """A TURN username and password valid for ``ttl_s`` seconds, from the secret the TURN server shares.
+
+    The TURN REST API's scheme, coturn's ``use-auth-secret``: the username is
+    ``<expiry unix time>:<user>``, the password base64(HMAC-SHA1(secret,
+    username)). The TURN server checks both without storing either.
+    """
+    username = f"{int((time.time() if now is None else now) + ttl_s)}:{user}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode()
+
+
+def ice_servers_now(settings: HostSettings) -> list[IceServer]:
+    """The configured ICE servers, each TURN server with fresh credentials when ``turn_shared_secret`` is set.
+
+    Each call mints a username of its own (a random user part), for one
+    ``/start`` or one peer connection of the engine.
+    """
+    if not settings.turn_shared_secret:
+        return settings.ice_servers
+    username, credential = turn_credentials(
+        settings.turn_shared_secret, settings.turn_credential_ttl_s, secrets.token_urlsafe(9)
+    )
+    return [
+        server.model_copy(update={"username": username, "credential": credential}) if server.is_turn else server
+        for server in settings.ice_servers
+    ]
 
 
 class EndOfCandidates(NamedTuple):

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from engine.common.settings import HostSettings
-from engine.ice import EndOfCandidates
+from engine.ice import EndOfCandidates, ice_servers_now
 from engine.request_limits import (
     MAX_START_SESSIONS,
     START_FULL_RETRY_S,
@@ -244,7 +244,7 @@ def create_app(engine: Engine, runner_body: Any = None) -> FastAPI:
             refused.labels("start_full").inc()
             raise HTTPException(503, "too many sessions started and not yet used", {"Retry-After": str(START_FULL_RETRY_S)})
         result: dict[str, Any] = {"sessionId": session_id}
-        ice_servers = [s.to_client() for s in settings.ice_servers]
+        ice_servers = [s.to_client() for s in ice_servers_now(settings)]
         if not ice_servers and request.enableDefaultIceServers:
             ice_servers = DEFAULT_CLIENT_ICE_SERVERS
         if ice_servers:

@@ -77,6 +77,12 @@ class IceServer(BaseModel):
         """The form a browser's ``RTCPeerConnection`` takes, without unset fields."""
         return self.model_dump(exclude_none=True)
 
+    @property
+    def is_turn(self) -> bool:
+        """Whether this is a TURN server (a ``turn:`` or ``turns:`` URL)."""
+        urls = [self.urls] if isinstance(self.urls, str) else self.urls
+        return any(url.startswith(("turn:", "turns:")) for url in urls)
+
 
 def parse_port_range(text: str) -> tuple[int, int] | None:
     """``"40000-40999"`` as (40000, 40999); an empty string as None.
@@ -235,6 +241,8 @@ class HostSettings(BaseSettings):
     ice_host_addresses: list[str] = []
     ice_announced_address: str = ""
     ice_udp_port_range: str = ""
+    turn_shared_secret: str = ""
+    turn_credential_ttl_s: float = Field(86400.0, gt=0)
     sctp_max_chunk_size: int = Field(1100, ge=256, le=1200)
     connection_mode: ConnectionMode = ConnectionMode.MULTIPLE
     esp32: bool = False
@@ -309,6 +317,18 @@ class HostSettings(BaseSettings):
                 "engine_endpoint: a tcp:// (or abstract ipc://@) endpoint needs curve_secret_key_file and "
                 "curve_authorized_keys_dir, so only workers with an accepted key can join "
                 "(make keys with 'smallwebrtc-host keys')"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _turn_secret_or_static_credentials(self) -> "HostSettings":
+        # Only a static password is refused: a worker, told no ice_servers, may share the engine's secret.
+        if self.turn_shared_secret and any(
+            server.is_turn and (server.username or server.credential) for server in self.ice_servers
+        ):
+            raise ValueError(
+                "turn_shared_secret: the host mints the TURN servers' usernames and credentials from it; "
+                "leave them out of ice_servers"
             )
         return self
 

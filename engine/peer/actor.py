@@ -44,7 +44,7 @@ from engine.common.protocol import (
     VideoOut,
 )
 from engine.common.settings import HostSettings
-from engine.ice import EndOfCandidates, ends_candidates_in_use
+from engine.ice import EndOfCandidates, ends_candidates_in_use, ice_servers_now
 from engine.metrics import HostMetrics, SessionOutcome
 from engine.peer.data_channel import PeerDataChannel
 from engine.peer.events import (
@@ -282,7 +282,7 @@ class PeerActor:
 
     def _new_pc(self) -> None:
         config = RTCConfiguration(
-            iceServers=[server.to_rtc() for server in self._settings.ice_servers],
+            iceServers=[server.to_rtc() for server in ice_servers_now(self._settings)],
             # With aiortc's default policy the screen share's transceiver is
             # left off the bundled transport and its packets never arrive.
             bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,

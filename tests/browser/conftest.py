@@ -33,7 +33,6 @@ How the pieces fit:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
@@ -41,7 +40,6 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import time
 from pathlib import Path
 
@@ -49,7 +47,15 @@ import pytest
 
 from tests.browser.fakemedia import write_bars_y4m, write_tone_wav
 from tests.browser.pagetools import ARTIFACTS, INSTRUMENT
+from tests.support.debian import debian_tool, unavailable
 from tests.support.host import HostProcess
+from tests.support.netns import (
+    CLONE_NEWNET,
+    NetNamespace,
+    cmdline,
+    libc_call,
+    reap_children,
+)
 
 CHROMIUM = Path("/usr/lib/chromium/chromium")
 NPM = Path("/usr/bin/npm")
@@ -78,75 +84,27 @@ CHROMIUM_FLAGS = [
 # ---------------------------------------------------------------- Chromium
 
 
-def _apt_get(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return subprocess.run(
-        ["apt-get", *args], check=False, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-
-
-def _install_debian_package(package: str, provides: Path) -> str | None:
-    """Installs a Debian package that provides ``provides``; returns why it could not, or None."""
-    if os.geteuid() != 0:
-        return f"{provides} is missing, and installing it (apt-get install -y {package}) needs root"
-    if shutil.which("apt-get") is None:
-        return f"{provides} is missing, and there is no apt-get to install Debian's {package}"
-    result = _apt_get("install", "-y", package, timeout=1200)
-    if result.returncode != 0:
-        # A new machine's package lists may be missing or stale.
-        update = _apt_get("update", timeout=600)
-        result = _apt_get("install", "-y", package, timeout=1200)
-        if result.returncode != 0:
-            return f"apt-get install -y {package} failed:\n{update.stderr[-2000:]}\n{result.stderr[-2000:]}"
-    return None if provides.exists() else f"apt-get installed {package}, but {provides} is missing"
-
-
-def _unavailable(reason: str):
-    """Skips, except in CI, where a browser test that cannot run is a failure."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     """Debian's Chromium binary, installed if needed."""
     try:
         import playwright  # noqa: F401
     except ImportError:
-        _unavailable("Playwright is not installed: pip install -e '.[test]'")
-    if not CHROMIUM.exists():
-        reason = _install_debian_package("chromium", CHROMIUM)
-        if reason:
-            _unavailable(reason)
-    return CHROMIUM
+        unavailable("Playwright is not installed: pip install -e '.[test]'")
+    return debian_tool(CHROMIUM, "chromium")
 
 
 @pytest.fixture(scope="session")
 def npm() -> str:
     """npm, for the tests that build a web client from the npm registry: Debian's, installed if there is none."""
-    found = shutil.which("npm")
-    if found is None:
-        reason = _install_debian_package("npm", NPM)
-        if reason:
-            _unavailable(reason)
-        found = str(NPM)
-    return found
+    return shutil.which("npm") or str(debian_tool(NPM, "npm"))
 
 
 # ---------------------------------------------------------------- network namespace
 
-_CLONE_NEWNET = 0x40000000
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
-
-
-def _libc_call(name: str, *args) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if getattr(libc, name)(*args) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{name}: {os.strerror(err)}")
 
 
 def _bring_up_loopback() -> None:
@@ -156,69 +114,18 @@ def _bring_up_loopback() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | _IFF_UP))
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
-    except OSError:
-        return "?"
-
-
-def _reap_children() -> None:
-    # Zombies of ours that no Popen waits for any more.
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-
-
-class NetNamespace:
-    """The private network namespace the test thread runs in."""
-
-    def __init__(self, inode: int):
-        self.inode = inode
-
-    @staticmethod
-    def interfaces() -> list[str]:
-        """The network interfaces the calling thread sees."""
-        return [name for _, name in socket.if_nameindex()]
-
-    def processes(self) -> list[int]:
-        """The processes, other than this one, inside the namespace."""
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{entry}/ns/net").st_ino == self.inode:
-                    found.append(int(entry))
-        return found
-
-    def kill_all(self, grace_s: float = 5.0) -> list[str]:
-        """SIGTERM, then SIGKILL, every process left in the namespace; returns what was left."""
-        left = [f"{pid}: {_cmdline(pid)}" for pid in self.processes()]
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.processes():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace_s
-            while self.processes() and time.monotonic() < deadline:
-                _reap_children()
-                time.sleep(0.1)
-        _reap_children()
-        return left
-
-
 @pytest.fixture(scope="module")
 def netns(chromium):
     """Moves the test thread into a new network namespace with only ``lo`` (up) for the module's tests."""
     if not hasattr(socket, "if_nameindex") or not Path("/proc/thread-self/ns/net").exists():
-        _unavailable("network namespaces need Linux")
+        unavailable("network namespaces need Linux")
     original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        _libc_call("unshare", _CLONE_NEWNET)
+        libc_call("unshare", CLONE_NEWNET)
     except OSError as e:
         os.close(original)
         if e.errno in (errno.EPERM, errno.EINVAL, errno.ENOSYS):
-            _unavailable(f"cannot make a private network namespace (needs root or CAP_SYS_ADMIN): {e}")
+            unavailable(f"cannot make a private network namespace (needs root or CAP_SYS_ADMIN): {e}")
         raise
     namespace = NetNamespace(os.stat("/proc/thread-self/ns/net").st_ino)
     left = []
@@ -228,7 +135,7 @@ def netns(chromium):
         yield namespace
     finally:
         left = namespace.kill_all()
-        _libc_call("setns", original, _CLONE_NEWNET)
+        libc_call("setns", original, CLONE_NEWNET)
         os.close(original)
     assert not left, f"processes were still running in the test namespace (killed): {left}"
 
@@ -323,13 +230,13 @@ def host_factory(netns, request):
 
     # The host stops its workers; any of its processes still running is an orphan: kill it and say so.
     def host_processes():
-        return [pid for pid in netns.processes() if any(m in _cmdline(pid) for m in ("engine.cli", "-m workers"))]
+        return [pid for pid in netns.processes() if any(m in cmdline(pid) for m in ("engine.cli", "-m workers"))]
 
     deadline = time.monotonic() + 10
     while host_processes() and time.monotonic() < deadline:
-        _reap_children()
+        reap_children()
         time.sleep(0.1)
-    left = [f"{pid}: {_cmdline(pid)}" for pid in host_processes()]
+    left = [f"{pid}: {cmdline(pid)}" for pid in host_processes()]
     for pid in host_processes():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

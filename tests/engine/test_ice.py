@@ -1,15 +1,24 @@
-"""Host candidates only on the allowed addresses, loopback included; no public STUN fallback; which end of candidates counts."""
+"""Host candidates only on the allowed addresses, loopback included; no public STUN fallback; which end of candidates counts;
+time-limited TURN credentials."""
 
+
+import base64
+import hashlib
+import hmac
+import time
 
 import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from engine.common.settings import load_settings
 from engine.ice import (
     EndOfCandidates,
     announce_address,
     ends_candidates_in_use,
+    ice_servers_now,
     restrict_host_addresses,
+    turn_credentials,
 )
 
 
@@ -82,3 +91,35 @@ def test_only_the_bundle_transports_end_of_candidates_ends_them(marker, ends):
 def test_without_a_bundle_every_end_of_candidates_counts():
     unbundled = BUNDLED_ANSWER.replace("a=group:BUNDLE 0 1 3\n", "")
     assert ends_candidates_in_use(EndOfCandidates("1", 1), unbundled)
+
+
+def test_turn_credentials_are_the_turn_rest_apis():
+    # The credential computed by `openssl dgst -sha1 -hmac s3cret -binary | base64` of the username.
+    assert turn_credentials("s3cret", 86400, "alice", now=1700000000) == (
+        "1700086400:alice",
+        "HJX0XIkrCiQCuU88Z0oeXj+QW60=",
+    )
+
+
+def test_each_call_mints_credentials_for_the_turn_servers_only():
+    settings = load_settings(
+        turn_shared_secret="s3cret", turn_credential_ttl_s=600,
+        ice_servers=["stun:s:3478", "turn:t:3478?transport=tcp", "turns:t:5349"],
+    )  # fmt: skip
+    before = time.time()
+    first, second = ice_servers_now(settings), ice_servers_now(settings)
+    after = time.time()
+    assert first[0] == settings.ice_servers[0]
+    assert first[1].username == first[2].username and first[1].username != second[1].username
+    for server in (first[1], first[2], second[1]):
+        expiry, _, user = server.username.partition(":")
+        assert before + 600 - 1 <= int(expiry) <= after + 600 and user
+        expected = hmac.new(b"s3cret", server.username.encode(), hashlib.sha1).digest()
+        assert base64.b64decode(server.credential) == expected
+    assert [s.urls for s in first] == [s.urls for s in settings.ice_servers]
+
+
+def test_without_a_secret_the_servers_are_as_configured():
+    turn = '{"urls": "turn:t:3478", "username": "u", "credential": "p"}'
+    settings = load_settings(ice_servers=[turn])
+    assert ice_servers_now(settings) == settings.ice_servers

@@ -1,7 +1,10 @@
 """The engine's HTTP API, in process against a real engine: the wire contract's routes, refusals, tokens, probes."""
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 
 import httpx
 from loguru import logger
@@ -94,6 +97,17 @@ async def test_start_hands_out_the_ice_servers_and_takes_only_webrtc():
         assert start["iceConfig"] == {"iceServers": [{"urls": "stun:127.0.0.1:3478"}]}
         reply = await client.post("/start", json={"transport": "daily"})
         assert reply.status_code == 400 and "daily" in reply.json()["detail"]
+
+
+async def test_start_mints_turn_credentials_from_the_shared_secret():
+    async with api(turn_shared_secret="s3cret", ice_servers=["turn:127.0.0.1:3478?transport=tcp"]) as (_, client):
+        first, second = [(await client.post("/start", json={})).json()["iceConfig"]["iceServers"] for _ in range(2)]
+    for servers in (first, second):
+        (server,) = servers
+        assert server["urls"] == "turn:127.0.0.1:3478?transport=tcp"
+        digest = hmac.new(b"s3cret", server["username"].encode(), hashlib.sha1).digest()
+        assert base64.b64decode(server["credential"]) == digest
+    assert first[0]["username"] != second[0]["username"]
 
 
 async def test_a_session_started_at_start_gets_its_body_and_id():

@@ -214,6 +214,7 @@ class TestPeer:
         pc: The current ``RTCPeerConnection`` (a new one after ``renegotiate(restart_pc=True)``).
         pc_id: The server's id for the peer connection, from the answer.
         session_id: The ``/start`` session, with ``use_start``.
+        ice_servers: The ICE servers ``/start`` handed out (its ``iceConfig``), with ``use_start``.
         messages: Application messages received (JSON-decoded; text that isn't JSON as is).
         signalling: Signalling messages received (the inner ``message``, e.g. ``{"type": "peerLeft"}``).
         received_video: The last ``video_frames_kept`` frames: ``(time.monotonic(), rgb ndarray)``.
@@ -299,7 +300,7 @@ class TestPeer:
         self._audio_keep = int(audio_seconds_kept * SAMPLE_RATE)
         self._resampler: AudioResampler | None = None
         self._offer_url: str | None = None
-        self._ice_servers: list[RTCIceServer] = []
+        self.ice_servers: list[RTCIceServer] = []
         self._request_data: Any = None
         self._http: aiohttp.ClientSession | None = None
         self._local_tracks: list = []
@@ -344,7 +345,7 @@ class TestPeer:
                     )
                     self.session_id = start["sessionId"]
                     servers = ((start.get("iceConfig") or {}).get("iceServers")) or []
-                    self._ice_servers = [
+                    self.ice_servers = [
                         RTCIceServer(
                             urls=s["urls"], username=s.get("username"), credential=s.get("credential")
                         )
@@ -609,7 +610,7 @@ class TestPeer:
 
     def _build_pc(self) -> None:
         pc = RTCPeerConnection(
-            RTCConfiguration(iceServers=list(self._ice_servers), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+            RTCConfiguration(iceServers=list(self.ice_servers), bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
         self.pc = pc
         audio, video = self._make_local_tracks()

@@ -71,6 +71,13 @@ def test_an_endpoint_other_users_reach_needs_curve_keys(endpoint):
     load_settings(engine_endpoint=endpoint, curve_secret_key_file="engine.key_secret", curve_authorized_keys_dir="keys")
 
 
+def test_a_turn_secret_takes_turn_servers_without_static_credentials():
+    with pytest.raises(ValidationError, match="leave them out of ice_servers"):
+        load_settings(turn_shared_secret="s", ice_servers=[TURN_JSON])
+    settings = load_settings(turn_shared_secret="s", ice_servers=["stun:a:1", "turn:t:3478?transport=tcp"])
+    assert [server.is_turn for server in settings.ice_servers] == [False, True]
+
+
 def test_unknown_setting_in_the_file_is_refused(tmp_path):
     config = tmp_path / "host.toml"
     config.write_text("prot = 1\n")
