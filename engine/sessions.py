@@ -60,7 +60,8 @@ class Engine:
             settings: Host settings.
         """
         self.settings = settings
-        self.engine_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # It starts every id the engine mints, so a front or a balancer finds the owner in the id.
+        self.engine_id = f"{settings.host_id or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.peers: dict[str, PeerActor] = {}
         # Sessions already moved off a lost worker: a second loss ends them.
         self._moved: set[str] = set()

@@ -183,7 +183,9 @@ def create_app(engine: Engine, runner_body: Any = None) -> FastAPI:
     # Outermost, so that a refusal (413) reaches a client on another origin too.
     app.add_middleware(ClientCORS, allowed_origins=settings.allowed_origins)
     start_sessions = StartSessions(
-        settings.start_session_ttl_s, lambda pc_id: pc_id in engine.peers and not engine.peers[pc_id].ended
+        settings.start_session_ttl_s,
+        lambda pc_id: pc_id in engine.peers and not engine.peers[pc_id].ended,
+        id_prefix=engine.engine_id,
     )
     start_rate = RateLimit(settings.start_rate_per_minute)
     api_auth = [Depends(bearer_check(settings.api_token, "this API"))]
