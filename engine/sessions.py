@@ -32,6 +32,10 @@ SESSION_OBJECT_TYPES = (
     "RTCDtlsTransport", "RTCSctpTransport", "EncodedAudioTrack", "EncodedVideoTrack",
 )
 
+# What a draining host answers a new session (an offer or a /start), and when to try again.
+DRAINING_DETAIL = "the host is draining: it takes no new sessions"
+DRAINING_RETRY_S = 30
+
 
 class OfferRejected(Exception):
     """An offer the engine refuses, with the HTTP status to answer."""
@@ -200,7 +204,7 @@ class Engine:
             return self._rewrite(answer)
 
         if self.draining:
-            raise OfferRejected(503, "the host is draining: it takes no new sessions", retry_after=30)
+            raise OfferRejected(503, DRAINING_DETAIL, retry_after=DRAINING_RETRY_S)
         if self.settings.connection_mode == ConnectionMode.SINGLE and self.live_peer_count():
             raise OfferRejected(400, "Cannot create new connection with existing connection active")
         worker = self.registry.place()
