@@ -41,7 +41,6 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import time
 from pathlib import Path
 
@@ -49,6 +48,7 @@ import pytest
 
 from tests.browser.fakemedia import write_bars_y4m, write_tone_wav
 from tests.browser.pagetools import ARTIFACTS, INSTRUMENT
+from tests.support.debian import debian_tool, unavailable
 from tests.support.host import HostProcess
 
 CHROMIUM = Path("/usr/lib/chromium/chromium")
@@ -78,48 +78,14 @@ CHROMIUM_FLAGS = [
 # ---------------------------------------------------------------- Chromium
 
 
-def _apt_get(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return subprocess.run(
-        ["apt-get", *args], check=False, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-
-
-def _install_debian_package(package: str, provides: Path) -> str | None:
-    """Installs a Debian package that provides ``provides``; returns why it could not, or None."""
-    if os.geteuid() != 0:
-        return f"{provides} is missing, and installing it (apt-get install -y {package}) needs root"
-    if shutil.which("apt-get") is None:
-        return f"{provides} is missing, and there is no apt-get to install Debian's {package}"
-    result = _apt_get("install", "-y", package, timeout=1200)
-    if result.returncode != 0:
-        # A new machine's package lists may be missing or stale.
-        update = _apt_get("update", timeout=600)
-        result = _apt_get("install", "-y", package, timeout=1200)
-        if result.returncode != 0:
-            return f"apt-get install -y {package} failed:\n{update.stderr[-2000:]}\n{result.stderr[-2000:]}"
-    return None if provides.exists() else f"apt-get installed {package}, but {provides} is missing"
-
-
-def _unavailable(reason: str):
-    """Skips, except in CI, where a browser test that cannot run is a failure."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     """Debian's Chromium binary, installed if needed."""
     try:
         import playwright  # noqa: F401
     except ImportError:
-        _unavailable("Playwright is not installed: pip install -e '.[test]'")
-    if not CHROMIUM.exists():
-        reason = _install_debian_package("chromium", CHROMIUM)
-        if reason:
-            _unavailable(reason)
-    return CHROMIUM
+        unavailable("Playwright is not installed: pip install -e '.[test]'")
+    return debian_tool("chromium", CHROMIUM)
 
 
 @pytest.fixture(scope="session")
@@ -127,10 +93,7 @@ def npm() -> str:
     """npm, for the tests that build a web client from the npm registry: Debian's, installed if there is none."""
     found = shutil.which("npm")
     if found is None:
-        reason = _install_debian_package("npm", NPM)
-        if reason:
-            _unavailable(reason)
-        found = str(NPM)
+        found = str(debian_tool("npm", NPM))
     return found
 
 
@@ -211,14 +174,14 @@ class NetNamespace:
 def netns(chromium):
     """Moves the test thread into a new network namespace with only ``lo`` (up) for the module's tests."""
     if not hasattr(socket, "if_nameindex") or not Path("/proc/thread-self/ns/net").exists():
-        _unavailable("network namespaces need Linux")
+        unavailable("network namespaces need Linux")
     original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         _libc_call("unshare", _CLONE_NEWNET)
     except OSError as e:
         os.close(original)
         if e.errno in (errno.EPERM, errno.EINVAL, errno.ENOSYS):
-            _unavailable(f"cannot make a private network namespace (needs root or CAP_SYS_ADMIN): {e}")
+            unavailable(f"cannot make a private network namespace (needs root or CAP_SYS_ADMIN): {e}")
         raise
     namespace = NetNamespace(os.stat("/proc/thread-self/ns/net").st_ino)
     left = []
