@@ -1,4 +1,4 @@
-"""Pipecat's prebuilt web client in Chromium, through HAProxy (the shipped ``config/haproxy.cfg``) in front of two hosts.
+"""Pipecat's prebuilt web client in Chromium, through HAProxy (``config/haproxy.cfg``) in front of two hosts.
 
 HAProxy runs inside the test's network namespace, started as the hosts are.
 The page, its scripts, ``/start`` and every ``/sessions/{sessionId}/api/offer``
