@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run the engine, its HTTP API and local workers")
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
+    serve_cmd.add_argument("--host-id", help="what starts every id this host mints, for a load balancer to route by")
     serve_cmd.add_argument("--workers", type=int, help="local workers (-1: one per core, 0: none)")
     serve_cmd.add_argument("--engines", type=int, help="engine processes sharing the peers and the workers")
     serve_cmd.add_argument("--bot", help="the bot: path/to/bot.py or package.module, with :function if not bot")
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         log_level = VERBOSE_LOG_LEVELS[min(args.verbose, len(VERBOSE_LOG_LEVELS)) - 1] if args.verbose else args.log_level
         settings = settings_or_exit(
             "smallwebrtc-host", args.config,
-            host=args.host, port=args.port, workers=args.workers, engines=args.engines, bot=args.bot,
+            host=args.host, port=args.port, host_id=args.host_id, workers=args.workers, engines=args.engines, bot=args.bot,
             ice_host_addresses=args.ice_host_addresses, ice_servers=args.ice_servers,
             engine_endpoint=args.engine_endpoint, log_level=log_level,
             connection_mode=args.connection_mode, esp32=args.esp32,

@@ -1,4 +1,4 @@
-"""The engine processes of a host with ``engines`` > 1: spawned, restarted when they crash, stopped, and found by pc_id.
+"""The engine processes of a host with ``engines`` > 1: spawned, restarted when they crash, stopped, and found by the ids they mint.
 
 One engine's event loop fills a core at a handful of A/V sessions while the
 workers scale with the cores (README, Performance). With ``engines`` > 1,
@@ -156,11 +156,11 @@ class EnginePool:
         """The engines serving now."""
         return [shard for shard in self.shards if shard.engine_id]
 
-    def owner(self, pc_id: str | None) -> Shard | None:
-        """The engine that owns a peer (its id starts the pc_id)."""
-        if not pc_id:
+    def owner(self, minted_id: str | None) -> Shard | None:
+        """The engine that minted a pc_id or a /start session id (its id starts them)."""
+        if not minted_id:
             return None
-        return next((shard for shard in self.live() if pc_id.startswith(shard.engine_id + "-")), None)
+        return next((shard for shard in self.live() if minted_id.startswith(shard.engine_id + "-")), None)
 
     def in_turn(self) -> list[Shard]:
         """The live engines, the next in turn first: new sessions go round."""

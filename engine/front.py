@@ -4,7 +4,8 @@
   draining, 503, or does not answer passes the offer to the next);
 - anything with a ``pc_id`` (renegotiation, ``restart_pc``, ``PATCH``): the
   engine whose id starts the pc_id;
-- ``/sessions/{id}/...``: the engine that registered the session at ``/start``;
+- ``/sessions/{id}/...``: the engine whose id starts the session id (that
+  engine answered its ``/start``), so this process keeps no table of sessions;
 - ``/workers``, ``/readyz``, ``/metrics``: every engine's, together (each
   metric labelled with its ``engine``); ``/admin/drain``: every engine;
 - anything else (the demo page, the web client): the first engine.
@@ -14,8 +15,6 @@ Only signaling crosses this process; media flows between each peer and its engin
 
 import asyncio
 import json
-import time
-from collections import OrderedDict
 
 import httpx
 from fastapi import FastAPI, Request
@@ -27,13 +26,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from engine.common.settings import HostSettings
 from engine.engine_pool import EnginePool, Shard
-from engine.request_limits import (
-    MAX_START_SESSIONS,
-    START_FULL_RETRY_S,
-    BodyLimit,
-    ClientCORS,
-    client_address,
-)
+from engine.request_limits import BodyLimit, ClientCORS, client_address
 from engine.signaling import schema_routes
 
 # A signaling request waits this long for its engine (an offer waits for ICE gathering).
@@ -84,26 +77,11 @@ def create_front_app(pool: EnginePool, client: httpx.AsyncClient, settings: Host
     Args:
         pool: The engines.
         client: The HTTP client requests are forwarded with.
-        settings: Host settings (the body size limit, how long a /start session is routed).
+        settings: Host settings (the body size limit, the allowed origins).
     """
     app = FastAPI(title="smallwebrtc-host", **schema_routes(settings))
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(ClientCORS, allowed_origins=settings.allowed_origins)
-    # Session id -> its engine and when the entry expires, in order of expiry. An
-    # expired one is no loss: its engine forgot it unused, or its peer's
-    # requests carry a pc_id that names the engine.
-    start_sessions: OrderedDict[str, tuple[Shard, float]] = OrderedDict()
-
-    def forget_expired_starts() -> None:
-        now = time.monotonic()
-        while start_sessions and next(iter(start_sessions.values()))[1] <= now:
-            start_sessions.popitem(last=False)
-
-    def started_shard(session_id: str) -> Shard | None:
-        forget_expired_starts()
-        entry = start_sessions.get(session_id)
-        return entry[0] if entry else None
-
     def no_engine() -> JSONResponse:
         return JSONResponse({"detail": "no engine is running"}, status_code=503, headers={"Retry-After": "2"})
 
@@ -121,21 +99,21 @@ def create_front_app(pool: EnginePool, client: httpx.AsyncClient, settings: Host
         headers = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_HEADERS}
         return Response(reply.content, reply.status_code, headers=headers)
 
-    async def first_taker(request: Request, body: bytes) -> tuple[Shard | None, Response]:
+    async def first_taker(request: Request, body: bytes) -> Response:
         """Offer a new session to the engines in turn; one that is full, draining (503) or gone (502) passes it on."""
         reply: Response = no_engine()
         for shard in pool.in_turn():
             reply = await forward(shard, request, body)
             if reply.status_code not in (502, 503):
-                return shard, reply
-        return None, reply
+                return reply
+        return reply
 
     @app.api_route("/api/offer", methods=["POST", "PATCH"])
     async def offer(request: Request):
         body = await request.body()
         pc_id = _pc_id_of(body)
         if pc_id is None and request.method == "POST":
-            return (await first_taker(request, body))[1]
+            return await first_taker(request, body)
         shard = pool.owner(pc_id)
         # An unknown pc_id: any engine answers it with its 404.
         shard = shard or next(iter(pool.live()), None)
@@ -143,24 +121,13 @@ def create_front_app(pool: EnginePool, client: httpx.AsyncClient, settings: Host
 
     @app.post("/start")
     async def start(request: Request):
-        body = await request.body()
-        forget_expired_starts()
-        if len(start_sessions) >= MAX_START_SESSIONS * len(pool.shards):
-            return JSONResponse(
-                {"detail": "too many sessions started and not yet used"},
-                status_code=503,
-                headers={"Retry-After": str(START_FULL_RETRY_S)},
-            )
-        shard, reply = await first_taker(request, body)
-        if shard is not None and reply.status_code == 200:
-            start_sessions[json.loads(reply.body)["sessionId"]] = (shard, time.monotonic() + settings.start_session_ttl_s)
-        return reply
+        return await first_taker(request, await request.body())
 
     @app.api_route("/sessions/{session_id}/api/offer", methods=["POST", "PATCH"])
     async def session_offer(session_id: str, request: Request):
         body = await request.body()
         # An unknown session: any engine answers it with its 404.
-        shard = pool.owner(_pc_id_of(body)) or started_shard(session_id) or next(iter(pool.live()), None)
+        shard = pool.owner(session_id) or next(iter(pool.live()), None)
         return await forward(shard, request, body) if shard else no_engine()
 
     async def from_every_engine(path: str, request: Request | None = None) -> dict[str, httpx.Response]:

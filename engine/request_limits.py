@@ -140,14 +140,16 @@ class _Started:
 class StartSessions:
     """Sessions registered by ``/start``: one no live peer uses expires ``ttl_s`` after it was registered."""
 
-    def __init__(self, ttl_s: float, peer_lives: Callable[[str], bool]):
+    def __init__(self, ttl_s: float, peer_lives: Callable[[str], bool], id_prefix: str):
         """Initialize the table.
 
         Args:
             ttl_s: How long an unused session is kept.
             peer_lives: Whether the peer with a pc_id has not ended.
+            id_prefix: What starts every session id (the engine's id, so a front or balancer finds the owner).
         """
         self._ttl_s = ttl_s
+        self._id_prefix = id_prefix
         self._peer_lives = peer_lives
         # In order of expiry.
         self._entries: OrderedDict[str, _Started] = OrderedDict()
@@ -157,7 +159,7 @@ class StartSessions:
         self._expire()
         if len(self._entries) >= MAX_START_SESSIONS:
             return None
-        session_id = str(uuid.uuid4())
+        session_id = f"{self._id_prefix}-{uuid.uuid4()}"
         self._entries[session_id] = _Started(body, time.monotonic() + self._ttl_s)
         return session_id
 

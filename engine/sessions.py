@@ -32,6 +32,10 @@ SESSION_OBJECT_TYPES = (
     "RTCDtlsTransport", "RTCSctpTransport", "EncodedAudioTrack", "EncodedVideoTrack",
 )
 
+# What a draining host answers a new session (an offer or a /start), and when to try again.
+DRAINING_DETAIL = "the host is draining: it takes no new sessions"
+DRAINING_RETRY_S = 30
+
 
 class OfferRejected(Exception):
     """An offer the engine refuses, with the HTTP status to answer."""
@@ -60,7 +64,8 @@ class Engine:
             settings: Host settings.
         """
         self.settings = settings
-        self.engine_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # It starts every id the engine mints, so a front or a balancer finds the owner in the id.
+        self.engine_id = f"{settings.host_id or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.peers: dict[str, PeerActor] = {}
         # Sessions already moved off a lost worker: a second loss ends them.
         self._moved: set[str] = set()
@@ -199,7 +204,7 @@ class Engine:
             return self._rewrite(answer)
 
         if self.draining:
-            raise OfferRejected(503, "the host is draining: it takes no new sessions", retry_after=30)
+            raise OfferRejected(503, DRAINING_DETAIL, retry_after=DRAINING_RETRY_S)
         if self.settings.connection_mode == ConnectionMode.SINGLE and self.live_peer_count():
             raise OfferRejected(400, "Cannot create new connection with existing connection active")
         worker = self.registry.place()

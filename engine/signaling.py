@@ -26,7 +26,7 @@ from engine.request_limits import (
     StartSessions,
     client_address,
 )
-from engine.sessions import Engine, OfferRejected
+from engine.sessions import DRAINING_DETAIL, DRAINING_RETRY_S, Engine, OfferRejected
 
 STATIC_DIR = Path(__file__).parent / "static"
 # What /start hands a client that asks for enableDefaultIceServers when the host has none, as Pipecat's runner does.
@@ -183,7 +183,9 @@ def create_app(engine: Engine, runner_body: Any = None) -> FastAPI:
     # Outermost, so that a refusal (413) reaches a client on another origin too.
     app.add_middleware(ClientCORS, allowed_origins=settings.allowed_origins)
     start_sessions = StartSessions(
-        settings.start_session_ttl_s, lambda pc_id: pc_id in engine.peers and not engine.peers[pc_id].ended
+        settings.start_session_ttl_s,
+        lambda pc_id: pc_id in engine.peers and not engine.peers[pc_id].ended,
+        id_prefix=engine.engine_id,
     )
     start_rate = RateLimit(settings.start_rate_per_minute)
     api_auth = [Depends(bearer_check(settings.api_token, "this API"))]
@@ -230,6 +232,9 @@ def create_app(engine: Engine, runner_body: Any = None) -> FastAPI:
     async def start(request: StartRequest, http: Request):
         if request.transport != "webrtc":
             raise HTTPException(400, f"Transport '{request.transport}' is not served here (only 'webrtc').")
+        if engine.draining:
+            # Its offer would be refused: a balancer or the front offers this /start to another host.
+            raise HTTPException(503, DRAINING_DETAIL, {"Retry-After": str(DRAINING_RETRY_S)})
         retry_after = start_rate.retry_after(client_address(http))
         if retry_after:
             refused.labels("start_rate").inc()

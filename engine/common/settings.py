@@ -228,6 +228,7 @@ class HostSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=0, le=65535)
+    host_id: str = ""
     workers: int = Field(-1, ge=-1)
     engines: int = Field(1, ge=1)
     worker_capacity: int = Field(4, ge=1)
@@ -288,6 +289,14 @@ class HostSettings(BaseSettings):
     def _comma_list(cls, value):
         if isinstance(value, str):
             return [a.strip() for a in value.split(",") if a.strip()]
+        return value
+
+    @field_validator("host_id")
+    @classmethod
+    def _valid_host_id(cls, value: str) -> str:
+        # It starts every pc_id and /start session id up to their first "-", so it holds none.
+        if not re.fullmatch(r"[A-Za-z0-9_.]{0,64}", value):
+            raise ValueError(f"host_id: {value!r} is not 1-64 letters, digits, '_' or '.' (no '-')")
         return value
 
     @field_validator("ice_udp_port_range")

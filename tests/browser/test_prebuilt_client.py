@@ -28,7 +28,7 @@ import re
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +46,7 @@ from tests.browser.pagetools import (
     wait_for_stats,
     with_plain_device_layer,
 )
+from tests.support.host import HostProcess
 
 pytestmark = pytest.mark.browser
 
@@ -130,9 +131,20 @@ def serve_with_plain_device_layer(page) -> list[tuple[str, int]]:
     return patched
 
 
-def prebuilt_client_call(host, new_page, client: PrebuiltClient, screenshot: str) -> None:
-    """A whole call through the client the host serves, which must be ``client``."""
-    with urllib.request.urlopen(f"{host.base_url}/client/", timeout=10) as response:
+def prebuilt_client_call(
+    hosts: Sequence[HostProcess], new_page, client: PrebuiltClient, screenshot: str, base_url: str = ""
+) -> HostProcess:
+    """A whole call through the client the hosts serve, which must be ``client``; returns the host the session ran on.
+
+    Args:
+        hosts: The hosts; the session may land on any of them.
+        new_page: The ``new_page`` fixture.
+        client: The prebuilt client the hosts serve.
+        screenshot: The file name of the screenshot of the call.
+        base_url: Where the browser calls (a load balancer); by default the only host.
+    """
+    base_url = base_url or hosts[0].base_url
+    with urllib.request.urlopen(f"{base_url}/client/", timeout=10) as response:
         assert response.read().decode() == client.index_html(), f"/client is not {client.distribution}'s page"
 
     page = new_page()
@@ -141,14 +153,14 @@ def prebuilt_client_call(host, new_page, client: PrebuiltClient, screenshot: str
 
     def on_response(response):
         request = response.request
-        if request.method in ("POST", "PATCH") and request.url.startswith(host.base_url):
-            exchanges.append((request.method, request.url.removeprefix(host.base_url), request.post_data, response))
+        if request.method in ("POST", "PATCH") and request.url.startswith(base_url):
+            exchanges.append((request.method, request.url.removeprefix(base_url), request.post_data, response))
 
     page.on("response", on_response)
     requested = []
     page.on("request", lambda request: requested.append(request.url))
 
-    page.goto(f"{host.base_url}/client/")
+    page.goto(f"{base_url}/client/")
     client.turn_on_camera(page)
     page.get_by_role("button", name="Connect", exact=True).click()
 
@@ -167,6 +179,7 @@ def prebuilt_client_call(host, new_page, client: PrebuiltClient, screenshot: str
     assert [e[0] for e in offers][:1] == ["POST"], [e[:2] for e in exchanges]
     pc_id = offers[0][3].json()["pc_id"]
     assert all(e[3].status == 200 for e in exchanges), [(e[:2], e[3].status) for e in exchanges]
+    host = next(h for h in hosts if h.owns(pc_id))
     worker = session_worker(host, pc_id)
 
     stats = wait_for_stats(page, lambda s: (s["inbound"].get("video") or {}).get("framesDecoded", 0) > 0)
@@ -202,15 +215,16 @@ def prebuilt_client_call(host, new_page, client: PrebuiltClient, screenshot: str
     )
     page.get_by_role("button", name="Connect", exact=True).wait_for()
 
-    foreign = [url for url in requested if not url.startswith(host.base_url)]
+    foreign = [url for url in requested if not url.startswith(base_url)]
     assert not foreign, f"the prebuilt client fetched from elsewhere: {foreign}"
+    return host
 
 
 def test_pipecat_prebuilt_client_call(host_factory, new_page):
-    prebuilt_client_call(host_factory(1), new_page, PLAYGROUND, "pipecat-prebuilt-client-connected.png")
+    prebuilt_client_call([host_factory(1)], new_page, PLAYGROUND, "pipecat-prebuilt-client-connected.png")
 
 
 def test_small_webrtc_prebuilt_client_call_where_it_is_the_one_installed(host_factory, new_page, tmp_path):
     python = python_without(PLAYGROUND.distribution, tmp_path / "venv")
     host = host_factory(1, program=(str(python), "-m", "engine.cli"))
-    prebuilt_client_call(host, new_page, SMALL_WEBRTC_PREBUILT, "small-webrtc-prebuilt-client-connected.png")
+    prebuilt_client_call([host], new_page, SMALL_WEBRTC_PREBUILT, "small-webrtc-prebuilt-client-connected.png")

@@ -62,6 +62,7 @@ def test_pipecats_runner_flags_are_taken_as_it_takes_them():
         (["serve", "--config", "/nonexistent/host.toml"], "/nonexistent/host.toml"),
         (["serve", "--runner-body", "/nonexistent/body.yaml"], "runner_body"),
         (["serve", "--ice-servers", '{"url": "stun:a:1"}'], "ice_servers"),
+        (["serve", "--host-id", "lb-a"], "host_id"),
     ],
 )
 def test_an_invalid_setting_exits_naming_it(argv, setting):

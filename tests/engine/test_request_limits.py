@@ -1,5 +1,7 @@
 """What one client may ask of the HTTP API: the body bound, the /start rate per address, and /start sessions that expire."""
 
+import uuid
+
 import httpx
 import pytest
 from fastapi import FastAPI, HTTPException, Request
@@ -56,7 +58,7 @@ def test_start_sessions_expire_unless_a_live_peer_uses_them(monkeypatch):
     now = [1000.0]
     monkeypatch.setattr(request_limits.time, "monotonic", lambda: now[0])
     live = {"pc-1"}
-    sessions = StartSessions(ttl_s=10, peer_lives=lambda pc_id: pc_id in live)
+    sessions = StartSessions(ttl_s=10, peer_lives=lambda pc_id: pc_id in live, id_prefix="h1-42-abcdef")
     unused, used = sessions.add({"a": 1}), sessions.add({"b": 2})
     sessions.used_by(used, "pc-1")
     now[0] += 11
@@ -70,9 +72,17 @@ def test_start_sessions_expire_unless_a_live_peer_uses_them(monkeypatch):
         sessions.body(used)
 
 
+def test_a_start_session_id_names_its_engine_and_is_unguessable():
+    sessions = StartSessions(ttl_s=10, peer_lives=lambda _: False, id_prefix="h1-42-abcdef")
+    first, second = sessions.add({}), sessions.add({})
+    prefix, _, rest = first.partition("h1-42-abcdef-")
+    assert prefix == "" and uuid.UUID(rest).version == 4
+    assert first != second
+
+
 def test_a_full_start_table_refuses_rather_than_evicting(monkeypatch):
     monkeypatch.setattr(request_limits, "MAX_START_SESSIONS", 2)
-    sessions = StartSessions(ttl_s=10, peer_lives=lambda _: False)
+    sessions = StartSessions(ttl_s=10, peer_lives=lambda _: False, id_prefix="h1-42-abcdef")
     first = sessions.add({})
     assert sessions.add({}) is not None and sessions.add({}) is None
     assert sessions.body(first) == {}

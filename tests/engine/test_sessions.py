@@ -1,6 +1,8 @@
 """The engine's sessions: offers placed on workers, refusals, drain, lost workers, stop, answers rewritten."""
 
 import asyncio
+import os
+import uuid
 
 import pytest
 
@@ -42,6 +44,16 @@ async def test_a_new_offer_is_answered_and_its_bot_opened_on_a_worker():
             assert engine.registry.get("w1").sessions == {answer["pc_id"]}
             assert engine.live_peer_count() == 1
             assert engine.readiness() is None
+
+
+async def test_the_host_id_starts_every_pc_id_so_a_balancer_finds_the_owner():
+    async with running_engine(host_id="lb_a") as engine, stand_in_workers(engine.endpoint, "w1") as (worker,):
+        await worker.register()
+        async with client_offer() as pc:
+            answer = await offer(engine, pc)
+        host_id, pid, engine_part, secret = answer["pc_id"].split("-")
+        assert (host_id, int(pid), len(engine_part)) == ("lb_a", os.getpid(), 6)
+        assert uuid.UUID(secret).version == 4
 
 
 async def test_new_sessions_go_to_the_least_loaded_worker():

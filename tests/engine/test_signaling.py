@@ -147,6 +147,10 @@ async def test_admin_drain_needs_the_admin_token():
         assert reply.json() == {"draining": True, "sessions": 0}
         assert engine.draining
         assert (await client.get("/readyz")).json() == {"ready": False, "reason": "draining"}
+        # A /start it took would only lead to an offer it refuses; a balancer offers the /start elsewhere.
+        reply = await client.post("/start", json={}, headers={"Authorization": "Bearer api-secret"})
+        assert (reply.status_code, reply.headers["Retry-After"]) == (503, "30")
+        assert "draining" in reply.json()["detail"]
 
 
 async def test_the_demo_page_is_served():

@@ -1,4 +1,4 @@
-"""Debian packages the tests need on the machine (Chromium, coturn, iptables...), installed with apt-get when missing.
+"""Debian packages the tests need on the machine (Chromium, npm, HAProxy, coturn, iptables...), installed with apt-get when missing.
 
 A test that cannot get its tool is skipped, saying why, except in CI
 (``CI=true``), where it fails instead: CI must not pass by running nothing.

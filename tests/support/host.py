@@ -113,8 +113,17 @@ class HostProcess:
 
     def workers_status(self) -> list[dict]:
         """``GET /workers``: the live workers."""
+        return self._workers_document()["workers"]
+
+    def owns(self, minted_id: str) -> bool:
+        """Whether one of this host's engines minted a pc_id or /start session id (the engine's id starts them)."""
+        document = self._workers_document()
+        engine_ids = document.get("engines") or [document["engine_id"]]
+        return any(minted_id.startswith(engine_id + "-") for engine_id in engine_ids)
+
+    def _workers_document(self) -> dict:
         # With an admin token, /workers is the operator's.
-        return get_json(f"{self.base_url}/workers", token=self._env.get("SMALLWEBRTC_HOST_ADMIN_TOKEN", ""))["workers"]
+        return get_json(f"{self.base_url}/workers", token=self._env.get("SMALLWEBRTC_HOST_ADMIN_TOKEN", ""))
 
     def worker_pids(self) -> dict[str, int]:
         """Worker id to process id."""

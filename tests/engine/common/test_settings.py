@@ -56,6 +56,9 @@ def test_turn_credentials_from_the_environment(monkeypatch):
         ("max_media_sections", 0),
         ("start_rate_per_minute", -1),
         ("max_data_channel_messages_per_s", 0),
+        # It ends at the first "-" of the ids that carry it.
+        ("host_id", "lb-a"),
+        ("host_id", "a" * 65),
     ],
 )
 def test_invalid_settings_name_the_setting(field, value):
