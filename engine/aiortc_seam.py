@@ -13,13 +13,13 @@ and fails naming it.
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 
 import aioice.ice
 import aiortc.rtcsctptransport
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
-from aiortc.codecs import get_encoder
+from aiortc.codecs import get_encoder, is_rtx
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from loguru import logger
@@ -121,6 +121,25 @@ def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParamet
     aiortc sends with the first of them but exposes the list to no public API.
     """
     return transceiver._codecs
+
+
+def prefer_codecs(transceiver: RTCRtpTransceiver, mime_types: Sequence[str]) -> None:
+    """Put the negotiated codecs in ``mime_types`` first, in that order, before the answer is made (and sent with).
+
+    aiortc answers in the offer's order; its ``setCodecPreferences`` does not
+    reorder the codecs of a transceiver the offer made, whose codecs are
+    chosen already. The others keep their place after them, a retransmission
+    codec (RTX) beside the codec it repeats.
+    """
+    rank = {mime_type.lower(): place for place, mime_type in enumerate(mime_types)}
+    codecs = transceiver._codecs
+    rank_by_payload = {codec.payloadType: rank.get(codec.mimeType.lower(), len(rank)) for codec in codecs}
+
+    def place(codec: RTCRtpCodecParameters) -> int:
+        repeated = codec.parameters.get("apt") if is_rtx(codec) else None
+        return rank_by_payload.get(repeated, len(rank)) if repeated is not None else rank_by_payload[codec.payloadType]
+
+    codecs.sort(key=place)
 
 
 class _FeedbackEncoder:

@@ -7,8 +7,9 @@ and keeps at most ``AUDIO_OUT_WINDOW_MS`` of them unacknowledged.
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 from loguru import logger
 
 from engine.common.link import Outbox
@@ -21,9 +22,15 @@ from engine.common.protocol import (
     AudioOutClear,
     MediaKind,
     MediaLane,
+    VideoEncoderSettings,
     VideoOut,
 )
-from transport.media.codecs import VIDEO_TIME_BASE, OpusEncoder, VideoEncoder
+from transport.media.codecs import (
+    DEFAULT_VIDEO_ENCODER,
+    VIDEO_TIME_BASE,
+    OpusEncoder,
+    VideoEncoder,
+)
 from transport.media.colour import rgb_to_i420
 from transport.media.framing import AudioFramer
 
@@ -101,6 +108,12 @@ class VideoOutput:
     Until the encoder takes a frame, a newer one replaces it (a late frame is
     worth nothing). Encoded frames go to the engine in order, numbered; one
     lost on the way costs a keyframe, not a broken picture.
+
+    A picture identical to the last one encoded (a static avatar, which
+    Pipecat repeats at the camera's frame rate) is encoded
+    ``static_refine_frames`` more times, while the encoder sharpens it, then
+    no more but once every ``static_refresh_s``; a keyframe request encodes it
+    again at once, as a keyframe.
     """
 
     def __init__(self, pc_id: str, outbox: Outbox):
@@ -112,37 +125,58 @@ class VideoOutput:
         """
         self._pc_id = pc_id
         self._outbox = outbox
-        self._pending: tuple[Any, int, int, str | None] | None = None
+        self._pending: _Picture | None = None
         self._frame_ready = asyncio.Event()
         self._mime_type: str | None = None
+        self._settings = DEFAULT_VIDEO_ENCODER
         self._bitrate: int | None = None
         self._keyframe_wanted = False
         self._task: asyncio.Task | None = None
+        # The picture last encoded, how many times since it changed or was a keyframe, and when.
+        self._last: _Picture | None = None
+        self._last_encodes = 0
+        self._last_encoded_at = 0.0
+        self.unchanged_skipped = 0
+        """Pictures not encoded because they were the same as the last one."""
 
     def write(self, image, width: int, height: int, fmt: str | None) -> None:
         """Queue an RGB(A) image, replacing one the encoder has not taken yet."""
-        self._pending = (image, width, height, fmt)
+        self._pending = _Picture(image, width, height, fmt)
         self._frame_ready.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run())
 
-    def set_codec(self, mime_type: str) -> None:
-        """Encode in this codec from the next frame on (a new negotiation)."""
+    def set_codec(self, mime_type: str, settings: VideoEncoderSettings = DEFAULT_VIDEO_ENCODER) -> None:
+        """Encode in this codec, as ``settings`` say, from the next frame on (a new negotiation)."""
         self._mime_type = mime_type
+        self._settings = settings
 
     def set_bitrate(self, bitrate: int) -> None:
         """Encode at this bitrate (the peer's estimate)."""
         self._bitrate = bitrate
 
     def request_keyframe(self) -> None:
-        """Make the next frame a keyframe."""
+        """Make the next frame a keyframe; with no new picture coming, the last one again."""
         self._keyframe_wanted = True
+        if self._pending is None and self._last is not None:
+            self._pending = self._last
+            self._frame_ready.set()
 
     def close(self) -> None:
-        """Stop encoding, and release the image waiting for the encoder."""
+        """Stop encoding, and release the images held for the encoder."""
         self._pending = None
+        self._last = None
         if self._task is not None:
             self._task.cancel()
+
+    def _worth_encoding(self, unchanged: bool, fresh_encoder: bool) -> bool:
+        """Whether to encode a picture: it changed, a keyframe is due, it is still sharpening, or a refresh is due."""
+        if not unchanged or fresh_encoder or self._keyframe_wanted:
+            return True
+        if self._last_encodes <= self._settings.static_refine_frames:
+            return True
+        refresh_s = self._settings.static_refresh_s
+        return refresh_s > 0 and time.monotonic() - self._last_encoded_at >= refresh_s
 
     async def _run(self) -> None:
         encoder: VideoEncoder | None = None
@@ -151,21 +185,30 @@ class VideoOutput:
         while True:
             await self._frame_ready.wait()
             self._frame_ready.clear()
-            frame, self._pending = self._pending, None
-            if frame is None or self._mime_type is None:
+            picture, self._pending = self._pending, None
+            if picture is None or self._mime_type is None:
                 continue  # the engine has not said which codec the peer takes yet
             try:
-                if encoder is None or encoder.mime_type != self._mime_type:
-                    encoder = VideoEncoder(self._mime_type)
+                fresh_encoder = encoder is None or (encoder.mime_type, encoder.settings) != (self._mime_type, self._settings)
+                if fresh_encoder:
+                    encoder = VideoEncoder(self._mime_type, self._settings)
+                unchanged = self._last is not None and picture.same_as(self._last)
+                if not self._worth_encoding(unchanged, fresh_encoder):
+                    self.unchanged_skipped += 1
+                    continue
                 if self._bitrate is not None:
                     encoder.bitrate = self._bitrate
                 keyframe, self._keyframe_wanted = self._keyframe_wanted, False
-                data, is_keyframe = await asyncio.to_thread(_encode, encoder, *frame, keyframe)
+                data, is_keyframe = await asyncio.to_thread(_encode, encoder, picture, keyframe)
             except ValueError as e:
                 if not warned:
                     logger.warning(f"{self._pc_id}: dropping bot video: {e}")
                     warned = True
                 continue
+            self._last_encodes = 1 if is_keyframe or not unchanged else self._last_encodes + 1
+            # Kept as bytes: a buffer the bot changes in place must not compare equal to itself.
+            self._last = picture.frozen()
+            self._last_encoded_at = time.monotonic()
             if data:
                 index += 1
                 self._outbox.send_bounded(
@@ -173,6 +216,29 @@ class VideoOutput:
                 )
 
 
-def _encode(encoder: VideoEncoder, image, width: int, height: int, fmt: str | None, keyframe: bool):
-    i420 = rgb_to_i420(image, width, height, fmt)
+class _Picture(NamedTuple):
+    """An image of the bot's as ``write()`` took it: packed RGB(A) pixels, their size and format."""
+
+    image: Any
+    width: int
+    height: int
+    fmt: str | None
+
+    def same_as(self, other: "_Picture") -> bool:
+        """Whether the two are the same picture (the same object first: Pipecat repeats one; else the same bytes)."""
+        if (self.width, self.height, self.fmt) != (other.width, other.height, other.fmt):
+            return False
+        return self.image is other.image or _as_bytes(self.image) == other.image
+
+    def frozen(self) -> "_Picture":
+        """This picture with its pixels as ``bytes``, which stay as they are."""
+        return self._replace(image=_as_bytes(self.image))
+
+
+def _as_bytes(image) -> bytes:
+    return image if isinstance(image, bytes) else np.ascontiguousarray(image).tobytes()
+
+
+def _encode(encoder: VideoEncoder, picture: _Picture, keyframe: bool):
+    i420 = rgb_to_i420(*picture)
     return encoder.encode(i420, int(time.monotonic() / VIDEO_TIME_BASE), keyframe)

@@ -30,6 +30,7 @@ from engine.common.protocol import (
     PeerState,
     SessionClose,
     SessionConnect,
+    VideoEncoderSettings,
     VideoIn,
     VideoInBacklog,
     VideoInKeyframeRequest,
@@ -168,9 +169,9 @@ class SmallWebRTCConnection(BaseObject):
         """Send a bot video frame (packed RGB or RGBA), encoded here; an older one not yet encoded is replaced."""
         self._video_out.write(image, width, height, fmt)
 
-    def handle_video_codec(self, mime_type: str) -> None:
-        """The peer's connection negotiated this video codec."""
-        self._video_out.set_codec(mime_type)
+    def handle_video_codec(self, mime_type: str, encoder: VideoEncoderSettings) -> None:
+        """The peer's connection negotiated this video codec; encode in it as ``encoder`` says."""
+        self._video_out.set_codec(mime_type, encoder)
 
     def handle_keyframe_request(self) -> None:
         """The peer (or the engine, after a dropped frame) needs a keyframe."""

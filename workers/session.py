@@ -140,8 +140,8 @@ class Session:
             match message:
                 case AudioOutAck(seq=seq):
                     connection.handle_audio_ack(seq)
-                case VideoOutCodecSet(mime_type=mime_type):
-                    connection.handle_video_codec(mime_type)
+                case VideoOutCodecSet(mime_type=mime_type, encoder=encoder):
+                    connection.handle_video_codec(mime_type, encoder)
                 case VideoOutKeyframeRequest():
                     connection.handle_keyframe_request()
                 case VideoOutBitrateSet(bitrate=bitrate):

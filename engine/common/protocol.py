@@ -278,10 +278,42 @@ class VideoOut(SessionMessage, tag=True, frozen=True):
     keyframe: bool
 
 
+class VideoEncoderSettings(msgspec.Struct, frozen=True):
+    """How a worker encodes the bot's video: the engine's ``video_*`` settings, so every worker encodes alike.
+
+    The defaults are aiortc's own encoder settings. A bitrate of 0 is the
+    negotiated codec's own bound (aiortc's: VP8 250 kbit/s to 1.5 Mbit/s from
+    500 kbit/s, H264 500 kbit/s to 3 Mbit/s from 1 Mbit/s); the peer's
+    bandwidth estimate moves the bitrate within the bounds.
+
+    Parameters:
+        vp8_cpu_used: libvpx's ``cpu-used`` speed (-16..16; a larger magnitude is faster and coarser).
+        vp8_noise_sensitivity: libvpx's denoiser strength (0 off .. 6).
+        h264_preset: libx264's preset (``ultrafast`` .. ``placebo``); empty for libx264's own (``medium``).
+        min_bitrate: The lowest bitrate, in bits per second.
+        max_bitrate: The highest bitrate.
+        start_bitrate: The bitrate before the peer's first estimate.
+        static_refine_frames: How many more times an unchanged picture is encoded (the encoder
+            sharpens it frame by frame) before it is no longer encoded at all.
+        static_refresh_s: After that, one encode of it every this many seconds, so the peer's
+            receiver keeps getting frames (0: never).
+    """
+
+    vp8_cpu_used: int = -6
+    vp8_noise_sensitivity: int = 4
+    h264_preset: str = ""
+    min_bitrate: int = 0
+    max_bitrate: int = 0
+    start_bitrate: int = 0
+    static_refine_frames: int = 150
+    static_refresh_s: float = 1.0
+
+
 class VideoOutCodecSet(SessionMessage, tag=True, frozen=True):
-    """Engine to worker: the peer's connection negotiated this video codec; encode bot video in it."""
+    """Engine to worker: the peer's connection negotiated this video codec; encode bot video in it, as ``encoder`` says."""
 
     mime_type: str
+    encoder: VideoEncoderSettings = msgspec.field(default_factory=VideoEncoderSettings)
 
 
 class VideoOutKeyframeRequest(SessionMessage, tag=True, frozen=True):

@@ -37,6 +37,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engine.common.protocol import VideoEncoderSettings
+
 # config/host.toml, shipped in the package (a link to it in a checkout) so an installed host finds it too.
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().with_name("host.toml")
 # The environment variables of Pipecat's development runner (and transport) that set an option here.
@@ -45,6 +47,9 @@ PIPECAT_VARIABLES = {
     "PIPECAT_ALLOWED_ORIGINS": "allowed_origins",
     "PIPECAT_SCTP_MAX_CHUNK_SIZE": "sctp_max_chunk_size",
 }
+# The codecs video_codec_preference may name (those the workers encode), and libx264's presets.
+VIDEO_CODEC_NAMES = ("VP8", "H264")
+H264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 # With no bot configured: the current directory's bot.py, as Pipecat's runner finds it, else the demo bot.
 DEFAULT_BOT_FILE = "bot.py"
 DEFAULT_BOT_FUNCTION = "bot"
@@ -273,6 +278,15 @@ class HostSettings(BaseSettings):
     admin_token: str = ""
     log_level: str = "INFO"
     log_json: bool = False
+    video_codec_preference: list[str] = []
+    video_vp8_cpu_used: int = Field(-6, ge=-16, le=16)
+    video_vp8_noise_sensitivity: int = Field(4, ge=0, le=6)
+    video_h264_preset: str = ""
+    video_min_bitrate: int = Field(0, ge=0)
+    video_max_bitrate: int = Field(0, ge=0)
+    video_start_bitrate: int = Field(0, ge=0)
+    video_static_refine_frames: int = Field(150, ge=0)
+    video_static_refresh_s: float = Field(1.0, ge=0)
 
     @field_validator("bot")
     @classmethod
@@ -298,6 +312,41 @@ class HostSettings(BaseSettings):
         if not re.fullmatch(r"[A-Za-z0-9_.]{0,64}", value):
             raise ValueError(f"host_id: {value!r} is not 1-64 letters, digits, '_' or '.' (no '-')")
         return value
+
+    @field_validator("video_codec_preference")
+    @classmethod
+    def _known_codecs(cls, value: list[str]) -> list[str]:
+        names = []
+        for name in value:
+            known = next((codec for codec in VIDEO_CODEC_NAMES if codec.lower() == name.lower()), None)
+            if known is None:
+                raise ValueError(f"video_codec_preference: {name!r} is not one of {', '.join(VIDEO_CODEC_NAMES)}")
+            names.append(known)
+        return names
+
+    @field_validator("video_h264_preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value and value not in H264_PRESETS:
+            raise ValueError(f"video_h264_preset: {value!r} is not one of libx264's ({', '.join(H264_PRESETS)})")
+        return value
+
+    @model_validator(mode="after")
+    def _bitrates_in_order(self) -> "HostSettings":
+        # 0 is the codec's own bound: only the bitrates given must be in order.
+        given = {
+            name: rate
+            for name, rate in (
+                ("video_min_bitrate", self.video_min_bitrate),
+                ("video_start_bitrate", self.video_start_bitrate),
+                ("video_max_bitrate", self.video_max_bitrate),
+            )
+            if rate
+        }
+        if list(given.values()) != sorted(given.values()):
+            order = " <= ".join(f"{name} ({rate})" for name, rate in given.items())
+            raise ValueError(f"video bitrates: {order} does not hold")
+        return self
 
     @field_validator("ice_udp_port_range")
     @classmethod
@@ -349,6 +398,20 @@ class HostSettings(BaseSettings):
                 "each engine needs one at least (or workers = 0 for remote workers only)"
             )
         return self
+
+    @property
+    def video_encoder(self) -> VideoEncoderSettings:
+        """The ``video_*`` settings the engine sends each worker with the negotiated codec."""
+        return VideoEncoderSettings(
+            vp8_cpu_used=self.video_vp8_cpu_used,
+            vp8_noise_sensitivity=self.video_vp8_noise_sensitivity,
+            h264_preset=self.video_h264_preset,
+            min_bitrate=self.video_min_bitrate,
+            max_bitrate=self.video_max_bitrate,
+            start_bitrate=self.video_start_bitrate,
+            static_refine_frames=self.video_static_refine_frames,
+            static_refresh_s=self.video_static_refresh_s,
+        )
 
     @property
     def worker_count(self) -> int:

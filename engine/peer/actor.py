@@ -144,7 +144,7 @@ class PeerActor:
         self._on_ended = on_ended
         self._pc_factory = pc_factory
         self._session = PeerSession(self.pc_id, worker)
-        self._media = PeerMedia(self._session, metrics)
+        self._media = PeerMedia(self._session, metrics, settings)
         self._channel = PeerDataChannel(
             self._session,
             settings,

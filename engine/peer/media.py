@@ -29,6 +29,7 @@ from engine.aiortc_seam import (
     enable_receiver,
     forward_sender_feedback,
     negotiated_codecs,
+    prefer_codecs,
     receiver_enabled,
     reset_video_jitter_buffer,
     send_picture_loss_indication,
@@ -56,6 +57,7 @@ from engine.common.protocol import (
     VideoOutCodecSet,
     VideoOutKeyframeRequest,
 )
+from engine.common.settings import HostSettings
 from engine.metrics import HostMetrics
 from engine.peer.session import PeerSession
 from engine.tracks import EncodedAudioTrack, EncodedVideoTrack
@@ -102,15 +104,18 @@ class Backlog:
 class PeerMedia:
     """What the bot captures of the peer, and the bot's output tracks to it."""
 
-    def __init__(self, session: PeerSession, metrics: HostMetrics):
+    def __init__(self, session: PeerSession, metrics: HostMetrics, settings: HostSettings):
         """Initialize the part; it acts on the session's peer connection once one is negotiated.
 
         Args:
             session: The session it serves.
             metrics: Where frames are counted.
+            settings: The host's settings (the bot video's codec preference and encoder settings).
         """
         self._session = session
         self._metrics = metrics
+        self._video_codec_preference = [f"video/{name}" for name in settings.video_codec_preference]
+        self._video_encoder = settings.video_encoder
         # Which sources the peer sends (``trackStatus``) and which the bot captures.
         self._enabled_sources = {index: True for index in SOURCE_BY_RECEIVER}
         self._capture: dict[str, bool] = {}
@@ -140,6 +145,9 @@ class PeerMedia:
             tap_encoded_frames(transceiver.receiver, partial(self._hand_on, index))
             if index not in SOURCE_BY_RECEIVER:
                 enable_receiver(transceiver.receiver, False)  # a source the contract does not have
+            if index == VIDEO_TRANSCEIVER_INDEX:
+                # The bot's video is sent in the first codec of the answer; the peer's camera, usually, too.
+                prefer_codecs(transceiver, self._video_codec_preference)
 
     def answered(self) -> None:
         """Apply what the bot captures and sends to the connection just answered."""
@@ -389,7 +397,8 @@ class PeerMedia:
             # Every worker that opens outputs, and every new negotiation, learns the codec.
             codecs = negotiated_codecs(transceivers[VIDEO_TRANSCEIVER_INDEX])
             if codecs:
-                self._session.to_worker(VideoOutCodecSet(self._session.pc_id, codecs[0].mimeType))
+                message = VideoOutCodecSet(self._session.pc_id, codecs[0].mimeType, self._video_encoder)
+                self._session.to_worker(message)
 
     def _sends_opus(self, transceivers: list[RTCRtpTransceiver]) -> bool:
         # The worker encodes bot audio as Opus, which every browser offers first.

@@ -18,15 +18,17 @@ import aioice.mdns
 import aiortc
 import aiortc.rtcsctptransport
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
+from aiortc.sdp import SessionDescription
 
 from engine.aiortc_seam import (
     forward_sender_feedback,
     mdns_answered_from,
+    prefer_codecs,
     tap_encoded_frames,
 )
 from engine.common.keyframes import is_keyframe
@@ -175,6 +177,25 @@ async def test_a_started_receiver_cannot_be_tapped(loopback):
     finally:
         await sender.close()
         await receiver.close()
+
+
+async def test_a_preferred_codec_comes_first_in_the_answer_only_if_offered(loopback):
+    answers = []
+    for offered in (["video/VP8", "video/H264"], ["video/VP8"]):
+        sender, receiver = client_pc(), client_pc()
+        transceiver = sender.addTransceiver("video")
+        capabilities = RTCRtpSender.getCapabilities("video").codecs
+        transceiver.setCodecPreferences([c for c in capabilities if c.mimeType in [*offered, "video/rtx"]])
+        await sender.setLocalDescription(await sender.createOffer())
+        await receiver.setRemoteDescription(sender.localDescription)
+        prefer_codecs(receiver.getTransceivers()[0], ["video/H264"])
+        await receiver.setLocalDescription(await receiver.createAnswer())
+        answers.append([c.mimeType for c in SessionDescription.parse(receiver.localDescription.sdp).media[0].rtp.codecs])
+        await sender.close()
+        await receiver.close()
+
+    assert answers[0][:2] == ["video/H264", "video/rtx"] and "video/VP8" in answers[0]
+    assert answers[1] == ["video/VP8", "video/rtx"]
 
 
 async def test_sender_feedback_reaches_the_bot_encoder():

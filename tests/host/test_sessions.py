@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from aiortc.sdp import SessionDescription
 
 from tests.support.client import TestPeer, bars_match, dominant_frequency
 from tests.support.host import SMALL_VIDEO, HostProcess, host_info, process_alive
@@ -41,6 +42,18 @@ async def test_echo_round_trip(host):
         info = await host_info(peer)
         assert info["pc_id"] == peer.pc_id
         assert info["worker_id"] in host.worker_pids()
+
+
+async def test_the_bots_video_goes_out_in_the_preferred_codec_the_peer_offers():
+    env = {"SMALLWEBRTC_HOST_VIDEO_CODEC_PREFERENCE": '["H264"]', "SMALLWEBRTC_HOST_VIDEO_H264_PRESET": "veryfast"}
+    with HostProcess(1, env=env) as host:
+        async with TestPeer(host.base_url) as peer:
+            await peer.connect(request_data=SMALL_VIDEO)  # the peer offers VP8 first, then H264
+
+            frames = await peer.wait_for_video_frames(10)
+            assert bars_match(frames[-1][1], mirrored=True), "the echoed colour bars lost their colours"
+            video = SessionDescription.parse(peer.pc.remoteDescription.sdp).media[1]
+            assert video.rtp.codecs[0].mimeType == "video/H264"
 
 
 async def test_a_voice_bot_echoes_audio_and_sends_no_video(host):

@@ -5,9 +5,9 @@ import asyncio
 import numpy as np
 
 from engine.common.link import Outbox
-from engine.common.protocol import AUDIO_OUT_WINDOW_MS, AudioOutClear, VideoOut
+from engine.common.protocol import AUDIO_OUT_WINDOW_MS, AudioOutClear, VideoEncoderSettings, VideoOut
 from tests.support.client import bars_match, colour_bars, dominant_frequency
-from tests.support.link import next_sent, sent
+from tests.support.link import next_sent, sent, until
 from tests.support.media import BARS, PC_ID, tone
 from transport.bot_output import AudioOutput, VideoOutput
 from transport.media.codecs import MediaDecoder
@@ -117,4 +117,94 @@ async def test_an_image_that_cannot_be_encoded_is_dropped_and_the_next_goes_out(
     message, [data] = await next_sent(outbox, VideoOut)
     [frame] = MediaDecoder().decode("video/VP8", data, 0)
     assert message.index == 1 and (frame.width, frame.height) == (64, 48)
+    output.close()
+
+
+def write_bars(output: VideoOutput, image=None) -> None:
+    output.write(BARS.tobytes() if image is None else image, BARS.shape[1], BARS.shape[0], "RGB")
+
+
+async def first_picture_sent(refine_frames: int = 0, refresh_s: float = 0, image=None) -> tuple[VideoOutput, Outbox]:
+    """A VP8 output that has sent its first picture (the bars, or ``image``), and the outbox it sent it to."""
+    outbox = Outbox("engine")
+    output = VideoOutput(PC_ID, outbox)
+    output.set_codec("video/VP8", VideoEncoderSettings(static_refine_frames=refine_frames, static_refresh_s=refresh_s))
+    write_bars(output, image)
+    await next_sent(outbox, VideoOut)
+    return output, outbox
+
+
+async def test_an_unchanged_picture_is_encoded_while_it_sharpens_then_not_at_all():
+    image = BARS.tobytes()
+    output, outbox = await first_picture_sent(refine_frames=2, image=image)
+
+    for _ in range(2):  # twice more while the encoder sharpens it
+        write_bars(output, image)
+        await next_sent(outbox, VideoOut)
+    # The same object, the same bytes in another, and as an array: nothing encoded, nothing sent.
+    for skipped, same in enumerate([image, bytes(bytearray(image)), BARS.copy()], start=1):
+        write_bars(output, same)
+        await until(lambda skipped=skipped: output.unchanged_skipped == skipped)
+    assert sent(outbox) == []
+
+    # A changed picture is encoded at once.
+    write_bars(output, np.ascontiguousarray(BARS[:, ::-1]).tobytes())
+    message, _ = await next_sent(outbox, VideoOut)
+    assert (message.index, message.keyframe) == (4, False)
+    output.close()
+
+
+async def test_a_keyframe_request_while_the_picture_is_static_encodes_it_again_as_a_keyframe():
+    output, outbox = await first_picture_sent()
+    write_bars(output)
+    await until(lambda: output.unchanged_skipped == 1)
+
+    output.request_keyframe()  # and the bot writes nothing new
+
+    message, [data] = await next_sent(outbox, VideoOut)
+    assert (message.index, message.keyframe) == (2, True)
+    [frame] = MediaDecoder().decode("video/VP8", data, 0)  # a fresh decoder: it decodes on its own
+    assert bars_match(frame.to_ndarray(format="rgb24"))
+    # The keyframe starts the sharpening again (none here), so the picture is skipped after it.
+    write_bars(output)
+    await until(lambda: output.unchanged_skipped == 2)
+    assert sent(outbox) == []
+    output.close()
+
+
+async def test_a_static_picture_is_encoded_again_once_a_refresh_is_due():
+    refresh_s = 0.05
+    output, outbox = await first_picture_sent(refresh_s=refresh_s)
+
+    await asyncio.sleep(refresh_s * 2)
+    write_bars(output)
+
+    message, _ = await next_sent(outbox, VideoOut)
+    assert (message.index, message.keyframe) == (2, False)
+    output.close()
+
+
+async def test_a_buffer_the_bot_changes_in_place_is_a_new_picture():
+    buffer = bytearray(BARS.tobytes())
+    output, outbox = await first_picture_sent(image=buffer)
+
+    buffer[:] = np.ascontiguousarray(BARS[:, ::-1]).tobytes()
+    write_bars(output, buffer)
+
+    message, _ = await next_sent(outbox, VideoOut)
+    assert message.index == 2 and output.unchanged_skipped == 0
+    output.close()
+
+
+async def test_another_codec_takes_effect_on_the_next_picture_even_an_unchanged_one():
+    output, outbox = await first_picture_sent()
+
+    # A renegotiation: another codec for the same picture, which must start with a keyframe in it.
+    output.set_codec("video/H264", VideoEncoderSettings(static_refine_frames=0, static_refresh_s=0))
+    write_bars(output)
+
+    message, [data] = await next_sent(outbox, VideoOut)
+    assert (message.index, message.keyframe) == (2, True)
+    [frame] = MediaDecoder().decode("video/H264", data, 0)
+    assert bars_match(frame.to_ndarray(format="rgb24"))
     output.close()

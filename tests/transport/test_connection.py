@@ -15,6 +15,7 @@ from engine.common.protocol import (
     PeerRenegotiate,
     SessionClose,
     SessionConnect,
+    VideoEncoderSettings,
     VideoInKeyframeRequest,
     VideoOut,
 )
@@ -172,7 +173,7 @@ async def test_an_interruption_clears_the_bot_audio():
 
 async def test_bot_video_is_encoded_in_the_negotiated_codec():
     connection, outbox = engine_side()
-    connection.handle_video_codec("video/VP8")
+    connection.handle_video_codec("video/VP8", VideoEncoderSettings())
     connection.handle_bitrate(500_000)
 
     connection.write_video(BARS.tobytes(), BARS.shape[1], BARS.shape[0], "RGB")

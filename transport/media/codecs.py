@@ -16,7 +16,12 @@ from aiortc.codecs import get_decoder, h264, vpx
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from engine.common.protocol import OPUS_FRAME_MS, OPUS_SAMPLE_RATE, bitrate_changed
+from engine.common.protocol import (
+    OPUS_FRAME_MS,
+    OPUS_SAMPLE_RATE,
+    VideoEncoderSettings,
+    bitrate_changed,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -56,19 +61,19 @@ class MediaDecoder:
 
 
 VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)
+DEFAULT_VIDEO_ENCODER = VideoEncoderSettings()
 
 # How aiortc's own encoders configure libvpx and libx264 for real-time WebRTC
 # (and the bitrate bounds of each), so a peer sees the same stream it would
-# from Pipecat's transport.
+# from Pipecat's transport; VideoEncoderSettings sets the speed, the denoiser,
+# the preset and the bounds (its defaults are aiortc's).
 _VIDEO_CODECS = {
     "video/VP8": (
         "libvpx",
         vpx,
         {
-            "cpu-used": "-6",
             "deadline": "realtime",
             "lag-in-frames": "0",
-            "noise-sensitivity": "4",
             "overshoot-pct": "15",
             "partitions": "0",
             "static-thresh": "1",
@@ -88,11 +93,12 @@ class VideoEncoder:
     One thread at a time per encoder: the workers are the parallelism.
     """
 
-    def __init__(self, mime_type: str):
+    def __init__(self, mime_type: str, settings: VideoEncoderSettings = DEFAULT_VIDEO_ENCODER):
         """Initialize the encoder.
 
         Args:
             mime_type: The negotiated codec, ``"video/VP8"`` or ``"video/H264"``.
+            settings: The engine's choices (speed, denoiser, preset, bitrate bounds).
 
         Raises:
             ValueError: If the codec is not one the worker encodes.
@@ -100,18 +106,30 @@ class VideoEncoder:
         if mime_type not in _VIDEO_CODECS:
             raise ValueError(f"no encoder for {mime_type!r} (have {', '.join(VIDEO_MIME_TYPES)})")
         self.mime_type = mime_type
-        self._name, self._limits, self._options = _VIDEO_CODECS[mime_type]
+        self.settings = settings
+        self._name, limits, options = _VIDEO_CODECS[mime_type]
+        if self._name == "libvpx":
+            speed = {"cpu-used": str(settings.vp8_cpu_used), "noise-sensitivity": str(settings.vp8_noise_sensitivity)}
+            options = {**options, **speed}
+        elif settings.h264_preset:
+            options = {**options, "preset": settings.h264_preset}
+        self.options: dict[str, str] = options
+        """The codec's libav options (without the rate control's, which follow the bitrate)."""
+        self._max_bitrate = settings.max_bitrate or limits.MAX_BITRATE
+        # A maximum below the codec's own minimum wins over it.
+        self._min_bitrate = min(settings.min_bitrate or limits.MIN_BITRATE, self._max_bitrate)
         self._codec: av.VideoCodecContext | None = None
-        self._bitrate = self._limits.DEFAULT_BITRATE
+        self._bitrate = 0
+        self.bitrate = settings.start_bitrate or limits.DEFAULT_BITRATE
 
     @property
     def bitrate(self) -> int:
-        """Target bitrate in bits per second."""
+        """Target bitrate in bits per second, kept within the bounds."""
         return self._bitrate
 
     @bitrate.setter
     def bitrate(self, bitrate: int) -> None:
-        self._bitrate = max(self._limits.MIN_BITRATE, min(bitrate, self._limits.MAX_BITRATE))
+        self._bitrate = max(self._min_bitrate, min(bitrate, self._max_bitrate))
 
     def encode(self, i420: np.ndarray, pts: int, keyframe: bool = False) -> tuple[bytes, bool]:
         """Encode one I420 frame.
@@ -154,11 +172,11 @@ class VideoEncoder:
             codec.qmax = 56
             # minrate = maxrate = bit_rate is constant bitrate; a one-second buffer.
             rate = str(self._bitrate)
-            codec.options = {**self._options, "bufsize": rate, "minrate": rate, "maxrate": rate}
+            codec.options = {**self.options, "bufsize": rate, "minrate": rate, "maxrate": rate}
         else:
             codec.framerate = fractions.Fraction(h264.MAX_FRAME_RATE, 1)
             codec.profile = "Baseline"
-            codec.options = self._options
+            codec.options = self.options
         return codec
 
 

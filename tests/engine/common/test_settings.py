@@ -3,6 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
+from engine.common.protocol import VideoEncoderSettings
 from engine.common.settings import (
     DEFAULT_CONFIG_FILE,
     DEMO_BOT,
@@ -59,11 +60,34 @@ def test_turn_credentials_from_the_environment(monkeypatch):
         # It ends at the first "-" of the ids that carry it.
         ("host_id", "lb-a"),
         ("host_id", "a" * 65),
+        ("video_codec_preference", ["VP8", "AV1"]),
+        ("video_vp8_cpu_used", 17),
+        ("video_vp8_noise_sensitivity", 7),
+        ("video_h264_preset", "quick"),
+        ("video_min_bitrate", -1),
+        ("video_static_refresh_s", -1),
     ],
 )
 def test_invalid_settings_name_the_setting(field, value):
     with pytest.raises(ValidationError, match=field):
         load_settings(**{field: value})
+
+
+def test_the_video_encoder_settings_the_engine_sends_the_workers(monkeypatch):
+    # By default, aiortc's: what Pipecat's own transport encodes with.
+    assert load_settings().video_encoder == VideoEncoderSettings()
+    monkeypatch.setenv("SMALLWEBRTC_HOST_VIDEO_CODEC_PREFERENCE", '["h264", "vp8"]')
+    settings = load_settings(video_vp8_cpu_used=-10, video_h264_preset="veryfast", video_max_bitrate=800_000)
+
+    assert settings.video_codec_preference == ["H264", "VP8"]
+    assert settings.video_encoder == VideoEncoderSettings(vp8_cpu_used=-10, h264_preset="veryfast", max_bitrate=800_000)
+
+
+def test_video_bitrates_given_must_be_in_order():
+    load_settings(video_min_bitrate=300_000, video_max_bitrate=300_000)
+    load_settings(video_start_bitrate=2_000_000)  # above VP8's own maximum: the encoder keeps it within
+    with pytest.raises(ValidationError, match=r"video_start_bitrate \(900000\) <= video_max_bitrate \(800000\)"):
+        load_settings(video_start_bitrate=900_000, video_max_bitrate=800_000)
 
 
 @pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:7861", "ipc://@smallwebrtc-engine"])

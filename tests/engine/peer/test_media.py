@@ -2,6 +2,8 @@
 
 import asyncio
 
+from aiortc.sdp import SessionDescription
+
 from engine.common.keyframes import is_keyframe
 from engine.common.protocol import (
     AudioIn,
@@ -18,6 +20,7 @@ from engine.common.protocol import (
     VideoOutCodecSet,
     VideoOutKeyframeRequest,
 )
+from engine.common.settings import HostSettings
 from engine.peer import media
 from engine.tracks import OPUS_SILENCE
 from tests.support.peers import PC_ID, PeerRig
@@ -80,6 +83,33 @@ async def test_a_source_the_bot_does_not_capture_in_time_stops_and_starts_later_
         assert rig.worker.messages(VideoInBacklog) == []
         # The peer connected before the bot was ready: as Pipecat, it is asked for a new offer.
         assert rig.client.signalling() == [{"type": "renegotiate"}]
+
+
+async def test_the_worker_encodes_in_the_preferred_codec_the_peer_offers_as_the_engine_says():
+    settings = {"video_codec_preference": ["H264"], "video_vp8_cpu_used": -10, "video_h264_preset": "veryfast"}
+    async with PeerRig(**settings) as rig:
+        await rig.connect()  # the client offers VP8 first, then H264
+        rig.from_bot(OutputOpen(PC_ID, audio=True, audio_auto_silence=True, video=True))
+
+        [codec_set] = await rig.worker.wait_for(VideoOutCodecSet)
+        assert codec_set == VideoOutCodecSet(PC_ID, "video/H264", HostSettings(**settings).video_encoder)
+        # The answer puts H264 first for the camera's and the bot's video, and VP8 (and every RTX) after it.
+        video = SessionDescription.parse(rig.client.pc.remoteDescription.sdp).media[1]
+        codecs = video.rtp.codecs
+        assert codecs[0].mimeType == "video/H264" and "video/VP8" in [codec.mimeType for codec in codecs]
+        assert all(
+            codec.parameters["apt"] == codecs[place - 1].payloadType
+            for place, codec in enumerate(codecs)
+            if codec.mimeType == "video/rtx"
+        )
+
+
+async def test_without_a_preference_the_peers_first_codec_is_sent():
+    async with PeerRig(video_codec_preference=[]) as rig:
+        await rig.connect()
+        rig.from_bot(OutputOpen(PC_ID, audio=True, audio_auto_silence=True, video=True))
+
+        assert await rig.worker.wait_for(VideoOutCodecSet) == [VideoOutCodecSet(PC_ID, "video/VP8")]
 
 
 async def test_a_source_the_peer_turns_off_and_on_again_resumes_after_a_gap():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from engine.common.keyframes import is_keyframe
+from engine.common.protocol import VideoEncoderSettings
 from tests.support.client import dominant_frequency
 from tests.support.media import BARS, tone
 from transport.media.codecs import MediaDecoder, OpusEncoder, VideoEncoder
@@ -33,6 +34,39 @@ def test_video_encoder_keyframe_on_request_and_on_bitrate_change():
     encoder.bitrate = 10**9
     assert encoder.bitrate == 1_500_000  # aiortc's bounds for VP8
     assert encoder.encode(BARS_I420, 5 * 3000)[1]  # reopened at the new rate
+
+
+def encoded(encoder: VideoEncoder, frames: int = 3) -> list[bytes]:
+    return [encoder.encode(BARS_I420, index * 3000)[0] for index in range(frames)]
+
+
+def test_video_encoder_takes_the_engines_vp8_speed_denoiser_and_bitrate_range():
+    settings = VideoEncoderSettings(
+        vp8_cpu_used=-16, vp8_noise_sensitivity=0, min_bitrate=300_000, max_bitrate=800_000, start_bitrate=400_000
+    )
+    encoder = VideoEncoder("video/VP8", settings)
+
+    assert (encoder.options["cpu-used"], encoder.options["noise-sensitivity"]) == ("-16", "0")
+    assert VideoEncoder("video/VP8").options["cpu-used"] == "-6"  # aiortc's
+    # libvpx takes them: the same picture encodes otherwise, and still decodes.
+    frames = encoded(encoder)
+    assert frames != encoded(VideoEncoder("video/VP8"))
+    decoder = MediaDecoder()
+    [picture] = [frame for data in frames for frame in decoder.decode("video/VP8", data, 0)][-1:]
+    assert np.abs(picture.to_ndarray(format="rgb24").astype(int) - BARS).mean() < 6
+    assert encoder.bitrate == 400_000
+    encoder.bitrate = 10**9
+    assert encoder.bitrate == 800_000
+    encoder.bitrate = 1
+    assert encoder.bitrate == 300_000
+
+
+def test_video_encoder_takes_the_h264_preset_and_a_maximum_below_the_codecs_own_minimum():
+    encoder = VideoEncoder("video/H264", VideoEncoderSettings(h264_preset="ultrafast", max_bitrate=300_000))
+
+    assert encoder.options["preset"] == "ultrafast" and "preset" not in VideoEncoder("video/H264").options
+    assert encoded(encoder) != encoded(VideoEncoder("video/H264"))
+    assert encoder.bitrate == 300_000  # aiortc's H264 minimum is 500 kbit/s: the maximum wins
 
 
 def test_video_encoder_rejects_a_codec_it_does_not_have():
