@@ -147,9 +147,11 @@ class VideoOutput:
             self._task = asyncio.create_task(self._run())
 
     def set_codec(self, mime_type: str, settings: VideoEncoderSettings = DEFAULT_VIDEO_ENCODER) -> None:
-        """Encode in this codec, as ``settings`` say, from the next frame on (a new negotiation)."""
+        """Encode in this codec, as ``settings`` say, from a keyframe on (a new negotiation)."""
         self._mime_type = mime_type
         self._settings = settings
+        # A restarted connection's new track waits for a keyframe, and a static picture would make none.
+        self.request_keyframe()
 
     def set_bitrate(self, bitrate: int) -> None:
         """Encode at this bitrate (the peer's estimate)."""

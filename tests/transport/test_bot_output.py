@@ -172,6 +172,18 @@ async def test_a_keyframe_request_while_the_picture_is_static_encodes_it_again_a
     output.close()
 
 
+async def test_a_new_negotiation_while_the_picture_is_static_sends_it_as_a_keyframe():
+    output, outbox = await first_picture_sent()
+    write_bars(output)
+    await until(lambda: output.unchanged_skipped == 1)
+
+    output.set_codec("video/VP8", VideoEncoderSettings(static_refine_frames=0, static_refresh_s=0))
+
+    message, _ = await next_sent(outbox, VideoOut)
+    assert (message.index, message.keyframe) == (2, True)
+    output.close()
+
+
 async def test_a_static_picture_is_encoded_again_once_a_refresh_is_due():
     refresh_s = 0.05
     output, outbox = await first_picture_sent(refresh_s=refresh_s)
