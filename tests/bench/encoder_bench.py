@@ -7,7 +7,8 @@ one target bitrate, and prints per setting: encode CPU per frame (the
 encoding thread's CPU time, so other processes on the machine do not count),
 the bitrate it made, and PSNR against the source (luma, mean over the frames,
 decoded with the worker's ``MediaDecoder``), with ratios to aiortc's defaults
-(the first row).
+(the first row). The settings take turns, a second of frames each, so
+a busy moment on the machine falls on all of them alike.
 
 Part 2 runs the worker's ``VideoOutput`` as Pipecat drives it for an avatar:
 the same RGB image written at 30 fps, in real time. It prints the process's
@@ -86,38 +87,50 @@ def psnr(decoded: np.ndarray, source: np.ndarray) -> float:
     return 99.0 if error == 0 else 10 * np.log10(255**2 / error)
 
 
-def measure_encoder(
-    mime_type: str, settings: VideoEncoderSettings, frames: list[np.ndarray], originals: list[np.ndarray]
-) -> dict:
-    """Encode ``frames`` at 30 fps; CPU per frame, bitrate made, and mean luma PSNR of what decodes against ``originals``."""
-    encoder = VideoEncoder(mime_type, settings)
-    encoder.bitrate = BITRATE
-    decoder = MediaDecoder()
-    cpu = 0.0
-    size = 0
-    scores = []
-    for index, (source, original) in enumerate(zip(frames, originals, strict=True)):
+class EncoderRun:
+    """One setting's encoder and decoder over the frames, and what it has cost and made so far."""
+
+    def __init__(self, mime_type: str, settings: VideoEncoderSettings):
+        self.mime_type = mime_type
+        self.encoder = VideoEncoder(mime_type, settings)
+        self.encoder.bitrate = BITRATE
+        self.decoder = MediaDecoder()
+        self.cpu = 0.0
+        self.frames = 0
+        self.size = 0
+        self.scores: list[float] = []
+
+    def encode(self, index: int, source: np.ndarray, original: np.ndarray) -> None:
+        """Encode frame ``index``; its CPU, its size, and its decoded luma's PSNR against ``original``."""
         started = time.thread_time()
-        data, _ = encoder.encode(source, int(index / FPS / VIDEO_TIME_BASE))
-        cpu += time.thread_time() - started
-        size += len(data)
-        for frame in decoder.decode(mime_type, data, 0) if data else ():
-            scores.append(psnr(frame.to_ndarray(format="yuv420p"), original))
-    return {
-        "cpu_ms": cpu / len(frames) * 1000,
-        "kbps": size * 8 / (len(frames) / FPS) / 1000,
-        "psnr": float(np.mean(scores)) if scores else float("nan"),
-    }
+        data, _ = self.encoder.encode(source, int(index / FPS / VIDEO_TIME_BASE))
+        self.cpu += time.thread_time() - started
+        self.frames += 1
+        self.size += len(data)
+        for frame in self.decoder.decode(self.mime_type, data, 0) if data else ():
+            self.scores.append(psnr(frame.to_ndarray(format="yuv420p"), original))
+
+    def result(self) -> dict:
+        return {
+            "cpu_ms": self.cpu / self.frames * 1000,
+            "kbps": self.size * 8 / (self.frames / FPS) / 1000,
+            "psnr": float(np.mean(self.scores)),
+        }
 
 
 def print_encoders(frames: list[np.ndarray], originals: list[np.ndarray], title: str) -> None:
+    """Encode the frames under every setting, a second at a time in turn, so the machine's moods fall on all alike."""
     print(f"\n{title}: {len(frames)} frames {WIDTH}x{HEIGHT}@{FPS}, target {BITRATE // 1000} kbit/s")
+    runs = [EncoderRun(mime_type, settings) for _, mime_type, settings in CONFIGS]
+    for start in range(0, len(frames), FPS):
+        for run in runs:
+            for index in range(start, min(start + FPS, len(frames))):
+                run.encode(index, frames[index], originals[index])
     print(f"| {'setting':<38} | CPU ms/frame | x default | kbit/s | PSNR dB | dB vs default |")
     print(f"|{'-' * 40}|-------------:|----------:|-------:|--------:|--------------:|")
-    reference = None
-    for label, mime_type, settings in CONFIGS:
-        result = measure_encoder(mime_type, settings, frames, originals)
-        reference = reference or result
+    reference = runs[0].result()
+    for (label, _, _), run in zip(CONFIGS, runs, strict=True):
+        result = run.result()
         print(
             f"| {label:<38} | {result['cpu_ms']:12.2f} | {result['cpu_ms'] / reference['cpu_ms']:9.2f} "
             f"| {result['kbps']:6.0f} | {result['psnr']:7.2f} | {result['psnr'] - reference['psnr']:+13.2f} |"
