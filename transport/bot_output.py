@@ -2,7 +2,8 @@
 
 ``AudioOutput`` cuts the bot's audio into 20 ms frames, encodes them as Opus
 and keeps at most ``AUDIO_OUT_WINDOW_MS`` of them unacknowledged.
-``VideoOutput`` converts the bot's images and encodes them off the event loop.
+``VideoOutput`` converts the bot's images and encodes them off the event loop,
+and stops encoding a picture that does not change once it has sharpened.
 """
 
 import asyncio
@@ -33,6 +34,7 @@ from transport.media.codecs import (
 )
 from transport.media.colour import rgb_to_i420
 from transport.media.framing import AudioFramer
+
 
 class AudioOutput:
     """The bot's audio on its way to the peer: 20 ms Opus packets, numbered, acknowledged by the engine's sender.
