@@ -5,7 +5,12 @@ import asyncio
 import numpy as np
 
 from engine.common.link import Outbox
-from engine.common.protocol import AUDIO_OUT_WINDOW_MS, AudioOutClear, VideoEncoderSettings, VideoOut
+from engine.common.protocol import (
+    AUDIO_OUT_WINDOW_MS,
+    AudioOutClear,
+    VideoEncoderSettings,
+    VideoOut,
+)
 from tests.support.client import bars_match, colour_bars, dominant_frequency
 from tests.support.link import next_sent, sent, until
 from tests.support.media import BARS, PC_ID, tone
