@@ -33,6 +33,7 @@ EXAMPLES = [
     protocol.AudioOutAck("pc", 7),
     protocol.VideoOut("pc", 1, True),
     protocol.VideoOutCodecSet("pc", "video/VP8"),
+    protocol.VideoOutCodecSet("pc", "video/H264", protocol.VideoEncoderSettings(h264_preset="veryfast", max_bitrate=800_000)),
     protocol.VideoOutKeyframeRequest("pc"),
     protocol.VideoOutBitrateSet("pc", 1_500_000),
 ]
