@@ -17,15 +17,9 @@ from tests.support.client import colour_bars
 
 WIDTH, HEIGHT = 320, 240
 
-transport_params = {
-    "webrtc": lambda: TransportParams(
-        audio_out_enabled=True,
-        video_out_enabled=True,
-        video_out_is_live=False,
-        video_out_width=WIDTH,
-        video_out_height=HEIGHT,
-    ),
-}
+# Output only: the picture, repeated (not live), and the audio track's silence.
+OUTPUT = {"audio_out_enabled": True, "video_out_enabled": True, "video_out_is_live": False}
+transport_params = {"webrtc": lambda: TransportParams(**OUTPUT, video_out_width=WIDTH, video_out_height=HEIGHT)}
 
 
 async def bot(runner_args: RunnerArguments):
