@@ -178,7 +178,15 @@ async def static_picture(settings: VideoEncoderSettings | None, phases: list[tup
                 sent += 1
                 size += len(payload)
         cpu = time.process_time() - cpu
-        results.append({"phase": name, "cpu_core": cpu / seconds, "written": frames, "encoded": sent, "kbps": size * 8 / seconds / 1000})
+        results.append(
+            {
+                "phase": name,
+                "cpu_core": cpu / seconds,
+                "written": frames,
+                "encoded": sent,
+                "kbps": size * 8 / seconds / 1000,
+            }
+        )
     output.close()
     return results
 

@@ -62,7 +62,9 @@ def test_a_static_picture_is_sent_once_a_second_and_stays_on_screen(host_factory
     first, last = frames_decoded_in(page, WINDOW_S)
 
     sent = last["framesDecoded"] - first["framesDecoded"]
-    assert 1 <= sent <= 2 * WINDOW_S, f"{sent} frames in {WINDOW_S} s of a static picture (30 fps would be {30 * WINDOW_S})"
+    assert 1 <= sent <= 2 * WINDOW_S, (
+        f"{sent} frames in {WINDOW_S} s of a static picture (30 fps would be {30 * WINDOW_S})"
+    )
     assert last["pliCount"] == first["pliCount"], "Chromium asked for a keyframe of the static picture"
     assert (last["readyState"], last["muted"]) == ("live", False)
     assert bars_match(video_picture(page, "#bot-video"))
