@@ -3,7 +3,8 @@
 Part 1 encodes a moving 640x480 picture at 30 fps (the load generator's clip,
 ``media.load_clip()``, decoded; and the same with camera-like grain added)
 with the worker's own ``VideoEncoder`` under each setting in ``CONFIGS``, at
-one target bitrate, and prints per setting: encode CPU per frame (the
+one target bitrate (then aiortc's VP8 and the cheapest H264 at rates
+across their bounds), and prints per setting: encode CPU per frame (the
 encoding thread's CPU time, so other processes on the machine do not count),
 the bitrate it made, and PSNR against the source (luma, mean over the frames,
 decoded with the worker's ``MediaDecoder``), with ratios to aiortc's defaults
@@ -57,6 +58,15 @@ CONFIGS = [
     ("H264 libx264 veryfast", "video/H264", VideoEncoderSettings(h264_preset="veryfast")),
     ("H264 libx264 ultrafast", "video/H264", VideoEncoderSettings(h264_preset="ultrafast")),
 ]
+# The bitrate range's effect, within aiortc's bounds of each codec: its VP8, and the cheapest H264.
+BITRATES = [
+    (f"{codec} {label} at {rate // 1000} kbit/s", f"video/{codec}", VideoEncoderSettings(start_bitrate=rate, **options))
+    for codec, label, options, rates in (
+        ("VP8", "default", {}, (250_000, 500_000, 1_000_000, 1_500_000)),
+        ("H264", "ultrafast", {"h264_preset": "ultrafast"}, (500_000, 1_000_000, 1_500_000, 3_000_000)),
+    )
+    for rate in rates
+]
 GRAIN_SIGMA = 4.0
 
 
@@ -93,7 +103,8 @@ class EncoderRun:
     def __init__(self, mime_type: str, settings: VideoEncoderSettings):
         self.mime_type = mime_type
         self.encoder = VideoEncoder(mime_type, settings)
-        self.encoder.bitrate = BITRATE
+        if not settings.start_bitrate:
+            self.encoder.bitrate = BITRATE
         self.decoder = MediaDecoder()
         self.cpu = 0.0
         self.frames = 0
@@ -118,10 +129,10 @@ class EncoderRun:
         }
 
 
-def print_encoders(frames: list[np.ndarray], originals: list[np.ndarray], title: str) -> None:
+def print_encoders(configs: list, frames: list[np.ndarray], originals: list[np.ndarray], title: str) -> None:
     """Encode the frames under every setting, a second at a time in turn, so the machine's moods fall on all alike."""
-    print(f"\n{title}: {len(frames)} frames {WIDTH}x{HEIGHT}@{FPS}, target {BITRATE // 1000} kbit/s")
-    runs = [EncoderRun(mime_type, settings) for _, mime_type, settings in CONFIGS]
+    print(f"\n{title}: {len(frames)} frames {WIDTH}x{HEIGHT}@{FPS}")
+    runs = [EncoderRun(mime_type, settings) for _, mime_type, settings in configs]
     for start in range(0, len(frames), FPS):
         for run in runs:
             for index in range(start, min(start + FPS, len(frames))):
@@ -129,7 +140,7 @@ def print_encoders(frames: list[np.ndarray], originals: list[np.ndarray], title:
     print(f"| {'setting':<38} | CPU ms/frame | x default | kbit/s | PSNR dB | dB vs default |")
     print(f"|{'-' * 40}|-------------:|----------:|-------:|--------:|--------------:|")
     reference = runs[0].result()
-    for (label, _, _), run in zip(CONFIGS, runs, strict=True):
+    for (label, _, _), run in zip(configs, runs, strict=True):
         result = run.result()
         print(
             f"| {label:<38} | {result['cpu_ms']:12.2f} | {result['cpu_ms'] / reference['cpu_ms']:9.2f} "
@@ -247,9 +258,11 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.2f}, nice {os.nice(0)}"
     )
     moving = moving_frames(frames)
-    print_encoders(moving, moving, "Moving picture (the load generator's clip), PSNR against it")
+    at_target = f"at {BITRATE // 1000} kbit/s"
+    print_encoders(CONFIGS, moving, moving, f"Moving picture (the load generator's clip) {at_target}, PSNR against it")
     title = f"The same with grain (luma noise sigma {GRAIN_SIGMA}), PSNR against the picture without it"
-    print_encoders(with_grain(moving), moving, title)
+    print_encoders(CONFIGS, with_grain(moving), moving, f"{title}, {at_target}")
+    print_encoders(BITRATES, moving, moving, "Moving picture at other bitrates (the encoder's bounds hold each)")
     refine_s = DEFAULT.static_refine_frames / FPS + 0.5
     print_static(refine_s, steady)
     print_comparison_costs()
