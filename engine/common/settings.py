@@ -280,7 +280,7 @@ class HostSettings(BaseSettings):
     log_json: bool = False
     video_codec_preference: list[str] = []
     video_vp8_cpu_used: int = Field(-6, ge=-16, le=16)
-    video_vp8_noise_sensitivity: int = Field(4, ge=0, le=6)
+    video_vp8_noise_sensitivity: int = Field(0, ge=0, le=6)
     video_h264_preset: str = ""
     video_min_bitrate: int = Field(0, ge=0)
     video_max_bitrate: int = Field(0, ge=0)
