@@ -280,7 +280,9 @@ class WorkerLink:
             self.log.warning(f"dropping an unreadable message from worker {identity}: {e}")
             return
         try:
-            self._dispatch(identity, sender_key(parts[1]), message, parts[2:])
+            # Without Curve there is no key to ask for (and asking costs an exception per message).
+            key = sender_key(parts[1]) if self.settings.curve_secret_key_file else None
+            self._dispatch(identity, key, message, parts[2:])
         except Exception:
             self.log.exception(f"error handling {type(message).__name__} from worker {identity}")
 
