@@ -28,6 +28,7 @@ from engine.common.protocol import (
 )
 from transport.media.codecs import (
     DEFAULT_VIDEO_ENCODER,
+    OPUS_INPUT_RATES,
     VIDEO_TIME_BASE,
     OpusEncoder,
     VideoEncoder,
@@ -56,12 +57,12 @@ class AudioOutput:
         self._sent = 0
         self._acked = 0
         self._acked_event = asyncio.Event()
+        self._opened = False
         self._closed = False
 
     def open(self) -> None:
         """Start encoding the audio written from now on."""
-        self._framer = AudioFramer(OPUS_SAMPLE_RATE, 1, OPUS_FRAME_MS)
-        self._encoder = OpusEncoder()
+        self._opened = True
 
     async def write(self, pcm: bytes, sample_rate: int, num_channels: int) -> None:
         """Send PCM as 20 ms Opus packets, returning once no more than the window is unacknowledged.
@@ -74,10 +75,14 @@ class AudioOutput:
             sample_rate: Its sample rate in Hz.
             num_channels: Its channel count.
         """
-        framer = self._framer
-        if framer is None:
+        if not self._opened:
             return
-        for chunk in framer.push(pcm, sample_rate, num_channels):
+        if self._framer is None:
+            # The first audio sets the encoder's rate: the bot's own, if libopus takes it.
+            rate = sample_rate if sample_rate in OPUS_INPUT_RATES else OPUS_SAMPLE_RATE
+            self._framer = AudioFramer(rate, 1, OPUS_FRAME_MS)
+            self._encoder = OpusEncoder(rate)
+        for chunk in self._framer.push(pcm, sample_rate, num_channels):
             self._sent += 1
             self._outbox.send(AudioOut(self._pc_id, self._sent), self._encoder.encode(chunk))
         while (self._sent - self._acked) * OPUS_FRAME_MS > AUDIO_OUT_WINDOW_MS and not self._closed:
@@ -98,8 +103,9 @@ class AudioOutput:
     def close(self) -> None:
         """Stop waiting for acknowledgements and encoding: the session is over."""
         self._closed = True
+        self._opened = False
         self._acked_event.set()
-        # Audio written from now on is dropped (write() needs a framer); the encoder is freed at once.
+        # Audio written from now on is dropped; the encoder is freed at once.
         self._framer = None
         self._encoder = None
 

@@ -27,21 +27,42 @@ async def test_audio_before_the_output_opens_is_not_sent():
     assert sent(outbox) == []
 
 
-async def test_audio_at_any_rate_becomes_numbered_20ms_opus_packets_at_48khz():
-    outbox = Outbox("engine")
-    output = AudioOutput(PC_ID, outbox)
-    output.open()
-    pcm = tone(440, 24000, 2, 1.0)
-
+async def written_10ms_at_a_time(output: AudioOutput, outbox: Outbox, pcm: bytes, rate: int, channels: int) -> list:
+    """The (seq, packet) pairs the output sends for ``pcm``, written 10 ms at a time and acknowledged as they go."""
     packets = []
-    for start in range(0, len(pcm), 480 * 4):  # 10 ms at a time, acknowledged as they go
-        await output.write(pcm[start : start + 480 * 4], 24000, 2)
+    step = rate // 100 * channels * 2
+    for start in range(0, len(pcm), step):
+        await output.write(pcm[start : start + step], rate, channels)
         for message, [data] in sent(outbox):
             packets.append((message.seq, data))
             output.acknowledge(message.seq)
+    return packets
 
-    # The resampler holds back a little of the last 20 ms.
-    assert [seq for seq, _ in packets] == list(range(1, len(packets) + 1)) and len(packets) in (49, 50)
+
+async def test_audio_at_any_rate_becomes_numbered_20ms_opus_packets_the_peer_decodes_at_48khz():
+    for rate, channels in ((24000, 2), (44100, 1)):
+        outbox = Outbox("engine")
+        output = AudioOutput(PC_ID, outbox)
+        output.open()
+        packets = await written_10ms_at_a_time(output, outbox, tone(440, rate, channels, 1.0), rate, channels)
+
+        # A resampler (to mono; 44.1 kHz, which libopus does not take, to 48 kHz) holds back a little of the last 20 ms.
+        assert [seq for seq, _ in packets] == list(range(1, len(packets) + 1)) and len(packets) in (49, 50)
+        decoder = MediaDecoder()
+        frames = [frame for _, data in packets for frame in decoder.decode("audio/opus", data, 0)]
+        assert all((frame.sample_rate, frame.samples) == (48000, 960) for frame in frames)
+        left = np.concatenate([frame.to_ndarray()[0][:: len(frame.layout.channels)] for frame in frames])
+        assert abs(dominant_frequency(left, 48000) - 440) < 5
+
+
+async def test_mono_audio_at_a_rate_libopus_takes_is_encoded_as_it_is():
+    outbox = Outbox("engine")
+    output = AudioOutput(PC_ID, outbox)
+    output.open()
+    packets = await written_10ms_at_a_time(output, outbox, tone(440, 16000, 1, 1.0), 16000, 1)
+
+    # No resampler in the way: every 20 ms is a packet at once.
+    assert [seq for seq, _ in packets] == list(range(1, 51))
     decoder = MediaDecoder()
     frames = [frame for _, data in packets for frame in decoder.decode("audio/opus", data, 0)]
     assert all((frame.sample_rate, frame.samples) == (48000, 960) for frame in frames)

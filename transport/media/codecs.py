@@ -180,31 +180,48 @@ class VideoEncoder:
         return codec
 
 
+# The rates libopus takes its input at. A bot's audio at one of them is encoded as it is,
+# without resampling it to 48 kHz first (which cost more than the encode itself); the
+# packets decode at whatever rate the peer's decoder runs, as any Opus packet does.
+OPUS_INPUT_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
 class OpusEncoder:
     """Encodes a bot's mono audio as Opus, one packet per 20 ms frame, as aiortc configures it."""
 
-    def __init__(self):
-        """Initialize the encoder."""
+    def __init__(self, sample_rate: int = OPUS_SAMPLE_RATE):
+        """Initialize the encoder.
+
+        Args:
+            sample_rate: The rate of the PCM it takes, one of ``OPUS_INPUT_RATES``.
+
+        Raises:
+            ValueError: If libopus does not take that rate.
+        """
+        if sample_rate not in OPUS_INPUT_RATES:
+            raise ValueError(f"libopus takes {OPUS_INPUT_RATES} Hz, not {sample_rate}")
+        self.sample_rate = sample_rate
+        self._samples = sample_rate * OPUS_FRAME_MS // 1000
         self._codec = av.CodecContext.create("libopus", "w")
         self._codec.bit_rate = 96000
         self._codec.format = "s16"
         self._codec.layout = "mono"
-        self._codec.sample_rate = OPUS_SAMPLE_RATE
-        self._codec.time_base = fractions.Fraction(1, OPUS_SAMPLE_RATE)
+        self._codec.sample_rate = sample_rate
+        self._codec.time_base = fractions.Fraction(1, sample_rate)
         self._codec.options = {"application": "voip"}
         self._pts = 0
 
     def encode(self, pcm: Buffer) -> bytes:
-        """Encode 20 ms of packed s16 mono PCM at 48 kHz into one Opus packet.
+        """Encode 20 ms of packed s16 mono PCM at the encoder's rate into one Opus packet.
 
         Raises:
             ValueError: If ``pcm`` is not exactly 20 ms.
         """
         samples = np.frombuffer(pcm, np.int16)
-        if samples.size != OPUS_SAMPLE_RATE * OPUS_FRAME_MS // 1000:
-            raise ValueError(f"Opus frames are {OPUS_FRAME_MS} ms at {OPUS_SAMPLE_RATE} Hz, got {samples.size} samples")
+        if samples.size != self._samples:
+            raise ValueError(f"Opus frames are {OPUS_FRAME_MS} ms at {self.sample_rate} Hz, got {samples.size} samples")
         frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
-        frame.sample_rate = OPUS_SAMPLE_RATE
+        frame.sample_rate = self.sample_rate
         frame.pts = self._pts
         self._pts += samples.size
         return b"".join(bytes(packet) for packet in self._codec.encode(frame))

@@ -86,9 +86,11 @@ def test_opus_encoder_one_packet_per_20ms_that_decodes_to_the_tone():
     assert abs(dominant_frequency(np.concatenate(decoded)[4800:], 48000) - 440) < 5
 
 
-def test_opus_encoder_rejects_a_partial_frame():
+def test_opus_encoder_rejects_a_partial_frame_and_a_rate_libopus_does_not_take():
     with pytest.raises(ValueError, match="20 ms"):
         OpusEncoder().encode(bytes(100))
+    with pytest.raises(ValueError, match="44100"):
+        OpusEncoder(44100)
 
 
 @pytest.mark.parametrize("mime_type", ["video/VP8", "video/H264"])
