@@ -1,6 +1,14 @@
-"""Giving an ended session's memory back to the system, so a worker left running does not grow.
+"""A worker's memory: native threads kept to one per job, and ended sessions' memory given back.
 
-A Pipecat pipeline is made of reference cycles (processors link to their
+Threads: FFmpeg sizes its automatic thread pools (decoders left at
+``thread_count`` 0, and every filter graph, which is what PyAV's
+``AudioResampler`` is) by the machine's cores, and OpenBLAS (numpy's, and
+OpenCV's own copy) starts a thread per core at import. In a worker, one per
+core, those threads only add a stack and a malloc arena each, and spin
+against the other workers: a session's codecs and resamplers each run on one
+thread (``limit_native_threads``).
+
+Ended sessions: a Pipecat pipeline is made of reference cycles (processors link to their
 neighbours), so an ended session's pipeline, with the frames and buffers it
 holds, waits for a full garbage collection, which CPython runs more and more
 rarely as the heap grows. Once it is freed, glibc keeps most of that memory,
@@ -10,6 +18,9 @@ free pages back (``malloc_trim``).
 
 import ctypes
 import gc
+import os
+import sys
+from pathlib import Path
 
 
 def _malloc_trim():
@@ -20,6 +31,41 @@ def _malloc_trim():
 
 
 _MALLOC_TRIM = _malloc_trim()
+
+
+def limit_blas_threads() -> None:
+    """Have OpenBLAS start no threads of its own; call before numpy or OpenCV is imported.
+
+    An operator who wants them sets ``OPENBLAS_NUM_THREADS`` (or
+    ``OMP_NUM_THREADS``, which OpenBLAS reads too) for the worker.
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def _loaded_libraries(name: str) -> set[str]:
+    """The paths of the shared libraries this process has mapped whose file name starts with ``name``."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(maxsplit=5)[-1].strip() for line in maps}
+    except OSError:
+        return set()
+    return {path for path in paths if Path(path).name.startswith(name)}
+
+
+def limit_ffmpeg_threads() -> None:
+    """Make FFmpeg's automatic thread counts one thread, in this process (PyAV must be imported).
+
+    Pools FFmpeg sizes itself (a codec's with ``thread_count`` 0, a filter
+    graph's) then start no threads; a codec given its own ``thread_count``
+    keeps it. Every FFmpeg loaded is told: PyAV's, and the copy OpenCV's
+    wheel bundles for its video I/O.
+    """
+    if "av" not in sys.modules:
+        raise RuntimeError("limit_ffmpeg_threads() needs PyAV imported (its libavutil loaded)")
+    # None found: FFmpeg linked statically, or no /proc; it keeps its own counts.
+    for path in _loaded_libraries("libavutil"):
+        ctypes.CDLL(path).av_cpu_force_count(1)
 
 
 def freeze_startup_objects() -> None:
