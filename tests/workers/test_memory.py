@@ -27,6 +27,36 @@ def run_python(code: str, env: dict[str, str] | None = None):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# What workers/__main__.py imports and does before its event loop runs, with the demo bot loaded.
+WORKER_STARTUP = """
+import json, sys
+import workers
+from transport import pipecat_modules
+from workers.__main__ import main
+from workers.worker import load_bot
+pipecat_modules.install()
+load_bot("workers.demo_bot:bot")
+"""
+
+
+def test_a_worker_with_the_demo_bot_has_not_imported_opencv_before_a_session_has_video():
+    loaded = run_python(WORKER_STARTUP + "print(json.dumps({'cv2': 'cv2' in sys.modules, 'av': 'av' in sys.modules}))")
+    assert loaded == {"cv2": False, "av": True}
+
+
+def test_opencv_is_imported_by_the_first_picture_converted_with_one_thread():
+    loaded = run_python(
+        WORKER_STARTUP
+        + """
+from transport.media.colour import rgb_to_i420
+rgb_to_i420(bytes(4 * 2 * 3), 4, 2, "RGB")
+import cv2
+print(json.dumps({"cv2": "cv2" in sys.modules, "threads": cv2.getNumThreads()}))
+"""
+    )
+    assert loaded == {"cv2": True, "threads": 1}
+
+
 def test_the_workers_package_keeps_openblas_from_starting_threads_unless_the_operator_asked():
     code = "import json, os, workers; print(json.dumps(os.environ.get('OPENBLAS_NUM_THREADS')))"
     environ = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
