@@ -155,6 +155,10 @@ async def measure_bot(name: str, args: argparse.Namespace) -> None:
         await asyncio.to_thread(host.wait_for, lambda workers: not workers[0]["sessions"], 30)
         await asyncio.sleep(args.settle)
         print_row(name, "ended", 0, worker_memory(pid), idle, 0)
+        # Logged at DEBUG (--env SMALLWEBRTC_HOST_LOG_LEVEL=DEBUG): the full collection after each session.
+        released = [float(ms) for ms in re.findall(r"memory released in ([\d.]+) ms", host.log())]
+        if released:
+            print(f"  collections after ended sessions: {len(released)}, {min(released):.1f}-{max(released):.1f} ms")
     finally:
         host.stop()
 
