@@ -24,6 +24,9 @@ sessions added. With one worker its libraries' pages are private (RSS = USS);
 with W workers of one host their file-backed pages (``Private_Clean`` here) are
 shared, so a worker's PSS is about anonymous + file-backed / W.
 
+``--workers W`` starts W workers instead and prints each idle worker's
+figures only (no sessions): what a worker costs in a host of W.
+
 ``--breakdown`` also prints the idle worker's resident memory by mapping:
 each library's shared objects (file-backed, shared between workers), and the
 anonymous memory (heap, Python objects).
@@ -163,6 +166,14 @@ async def measure_bot(name: str, args: argparse.Namespace) -> None:
         host.stop()
 
 
+async def idle_workers(name: str, args: argparse.Namespace) -> None:
+    """Each idle worker of a host with ``--workers`` of them: their libraries' pages are shared, PSS shows the share."""
+    with HostProcess(args.workers, "--bot", BOTS[name], env=dict(pair.split("=", 1) for pair in args.env)) as host:
+        await asyncio.sleep(args.settle)
+        for pid in host.worker_pids().values():
+            print_row(name, f"idle of {args.workers}", 0, worker_memory(pid), None, 0)
+
+
 async def main_async(args: argparse.Namespace) -> None:
     media = "voice (Opus)" if args.voice else f"A/V (VP8 {args.width}x{args.height}@30, Opus)"
     env = f"; env {' '.join(args.env)}" if args.env else ""
@@ -171,7 +182,7 @@ async def main_async(args: argparse.Namespace) -> None:
     per_session = "  ".join(f"{f:>6}" for f in FIGURES)
     print(f"bot   {'state':>10} ses  {header}  thr  cores faults/s   per added session: {per_session}  (MiB)", flush=True)
     for name in args.bots:
-        await measure_bot(name, args)
+        await (measure_bot(name, args) if args.workers == 1 else idle_workers(name, args))
 
 
 def main() -> None:
@@ -182,6 +193,7 @@ def main() -> None:
     parser.add_argument("--voice", action="store_true", help="audio-only peers and bots")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--workers", type=int, default=1, help="more than 1: only each idle worker's figures")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for the host and its worker (e.g. MALLOC_ARENA_MAX=2)")
     parser.add_argument("--breakdown", type=int, default=0, metavar="N", help="print the idle worker's N largest mappings' owners")
     asyncio.run(main_async(parser.parse_args()))
