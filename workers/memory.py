@@ -5,12 +5,12 @@ Threads: FFmpeg sizes its automatic thread pools (decoders left at
 ``AudioResampler`` is) by the machine's cores, and OpenBLAS (numpy's, and
 OpenCV's own copy) starts a thread per core at import. In a worker, one per
 core, those threads only add a stack and a malloc arena each, and spin
-against the other workers: a session's codecs and resamplers each run on one
-thread (``limit_native_threads``).
+against the other workers: OpenBLAS starts none (``limit_blas_threads``), and
+a session's codecs and resamplers each run on one thread (``limit_ffmpeg_threads``).
 
-Ended sessions: a Pipecat pipeline is made of reference cycles (processors link to their
-neighbours), so an ended session's pipeline, with the frames and buffers it
-holds, waits for a full garbage collection, which CPython runs more and more
+Ended sessions: a Pipecat pipeline is made of reference cycles (processors
+link to their neighbours), so an ended session's pipeline, with the frames and
+buffers it holds, waits for a full garbage collection, which CPython runs more and more
 rarely as the heap grows. Once it is freed, glibc keeps most of that memory,
 spread over its arenas between blocks still in use, unless asked to give
 free pages back (``malloc_trim``).
@@ -58,8 +58,8 @@ def limit_ffmpeg_threads() -> None:
 
     Pools FFmpeg sizes itself (a codec's with ``thread_count`` 0, a filter
     graph's) then start no threads; a codec given its own ``thread_count``
-    keeps it. Every FFmpeg loaded is told: PyAV's, and the copy OpenCV's
-    wheel bundles for its video I/O.
+    keeps it. Every FFmpeg loaded by then is told (PyAV's; OpenCV's wheel
+    bundles another, for its video I/O, which the host does not use).
     """
     if "av" not in sys.modules:
         raise RuntimeError("limit_ffmpeg_threads() needs PyAV imported (its libavutil loaded)")
