@@ -8,6 +8,13 @@ core, those threads only add a stack and a malloc arena each, and spin
 against the other workers: OpenBLAS starts none (``limit_blas_threads``), and
 a session's codecs and resamplers each run on one thread (``limit_ffmpeg_threads``).
 
+Arenas: glibc gives each thread that allocates an arena of its own (up to 8
+per core), and every arena keeps the free pages between its blocks. A
+session's pictures (about 1 MB each, several per frame) are made and freed on
+the event loop and the executor's threads, so each arena keeps its own high
+water mark of them: two arenas (``limit_malloc_arenas``) hold about 10 MB less
+per 640x480 video session (tests/bench/worker_memory.py).
+
 Ended sessions: a Pipecat pipeline is made of reference cycles (processors
 link to their neighbours), so an ended session's pipeline, with the frames and
 buffers it holds, waits for a full garbage collection, which CPython runs more and more
@@ -31,6 +38,9 @@ def _malloc_trim():
 
 
 _MALLOC_TRIM = _malloc_trim()
+# glibc's mallopt() parameter for the most arenas its allocator makes.
+M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
 
 
 def limit_blas_threads() -> None:
@@ -66,6 +76,21 @@ def limit_ffmpeg_threads() -> None:
     # None found: FFmpeg linked statically, or no /proc; it keeps its own counts.
     for path in _loaded_libraries("libavutil"):
         ctypes.CDLL(path).av_cpu_force_count(1)
+
+
+def limit_malloc_arenas() -> None:
+    """Have glibc's allocator make at most ``MALLOC_ARENAS`` arenas, unless the operator set ``MALLOC_ARENA_MAX``.
+
+    Call it before the process starts threads: a thread keeps the arena it
+    was given.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:
+        return  # not glibc
+    mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def freeze_startup_objects() -> None:

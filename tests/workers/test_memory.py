@@ -86,3 +86,34 @@ print(json.dumps({"started": started}))
 """
     )
     assert counted == {"started": 0}
+
+
+def test_glibcs_allocator_makes_at_most_two_arenas_unless_the_operator_said_otherwise():
+    # malloc_info() lists each arena as a <heap nr=...>; eight threads that allocate would each get one.
+    arenas = """
+import ctypes, json, threading
+from workers.memory import limit_malloc_arenas
+{limit}
+libc = ctypes.CDLL(None)
+libc.malloc.restype = libc.open_memstream.restype = ctypes.c_void_p
+libc.free.argtypes = libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+def allocate():
+    blocks = [libc.malloc(200_000) for _ in range(4)]
+    for block in blocks:
+        libc.free(block)
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+buffer, size = ctypes.c_char_p(), ctypes.c_size_t()
+stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+print(json.dumps(buffer.value.decode().count("<heap nr=")))
+"""
+    environ = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    assert run_python(arenas.format(limit="limit_malloc_arenas()"), env=environ) <= 2
+    assert run_python(arenas.format(limit=""), env=environ) > 2
+    assert run_python(arenas.format(limit="limit_malloc_arenas()"), env={**environ, "MALLOC_ARENA_MAX": "4"}) > 2
