@@ -12,8 +12,9 @@ Arenas: glibc gives each thread that allocates an arena of its own (up to 8
 per core), and every arena keeps the free pages between its blocks. A
 session's pictures (about 1 MB each, several per frame) are made and freed on
 the event loop and the executor's threads, so each arena keeps its own high
-water mark of them: two arenas (``limit_malloc_arenas``) hold about 10 MB less
-per 640x480 video session (tests/bench/worker_memory.py).
+water mark of them: with two arenas (``limit_malloc_arenas``) a worker held
+about 9 MB less per 640x480 video session, with half the page faults (median
+of three paired runs of tests/bench/worker_memory.py).
 
 Ended sessions: a Pipecat pipeline is made of reference cycles (processors
 link to their neighbours), so an ended session's pipeline, with the frames and
