@@ -10,6 +10,7 @@ import uvloop
 
 from engine.common.settings import configure_logging, settings_or_exit
 from transport import pipecat_modules
+from workers.memory import limit_ffmpeg_threads, limit_malloc_arenas
 from workers.worker import run_worker
 
 PROGRAM = "smallwebrtc-host worker"
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         curve_secret_key_file=args.curve_secret_key, curve_server_key_file=args.curve_server_key,
     )
     configure_logging(settings)
+    limit_malloc_arenas()
+    limit_ffmpeg_threads()
     # Before the bot is imported: a bot that asks Pipecat for its SmallWebRTC transport gets this host's.
     pipecat_modules.install()
     try:

@@ -16,7 +16,6 @@ makes it a voice bot (no camera in, no video out).
 
 import os
 
-import cv2
 import numpy as np
 from loguru import logger
 from pipecat.frames.frames import (
@@ -36,6 +35,7 @@ from pipecat.transports.base_transport import TransportParams, VideoInSourcePara
 from pipecat.workers.runner import WorkerRunner
 
 from transport import SmallWebRTCTransport
+from transport.media.colour import opencv
 
 SAMPLE_RATE = 48000
 
@@ -80,6 +80,7 @@ class HostEcho(FrameProcessor):
             await self.push_frame(frame, direction)
 
     def _annotate(self, frame: UserImageRawFrame) -> OutputImageRawFrame:
+        cv2 = opencv()  # only video sessions need it
         width, height = frame.size
         image = np.frombuffer(frame.image, dtype=np.uint8).reshape(height, width, 3)
         image = cv2.flip(image, 1)

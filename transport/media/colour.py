@@ -7,37 +7,67 @@ other way through ``rgb_to_i420``, ready for the video encoder.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Mapping, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
-
-# One conversion at a time per worker: the workers are the parallelism, and
-# OpenCV's own thread pool only spins against them (measured: a third of a
-# worker's CPU at two sessions).
-cv2.setNumThreads(1)
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-FORMAT_CONVERSIONS: dict[str, int] = {
-    "gray": cv2.COLOR_GRAY2RGB,
-    "nv12": cv2.COLOR_YUV2RGB_NV12,
-    "yuv420p": cv2.COLOR_YUV2RGB_I420,
-    # OpenCV has no full-range variant; planes_to_rgb squeezes the planes into
-    # video range first so the same conversion gives the right colours.
-    "yuvj420p": cv2.COLOR_YUV2RGB_I420,
-}
+
+@functools.cache
+def opencv() -> ModuleType:
+    """OpenCV (``cv2``), imported on first use, with one thread.
+
+    Only sessions with video convert pictures, and importing OpenCV costs a
+    worker about 15 MB (tests/bench/worker_memory.py): a voice bot's worker
+    never does.
+    """
+    import cv2
+
+    # One conversion at a time per worker: the workers are the parallelism, and
+    # OpenCV's own thread pool only spins against them (measured: a third of a
+    # worker's CPU at two sessions).
+    cv2.setNumThreads(1)
+    return cv2
+
+
+class _OpenCVCodes(Mapping[str, int]):
+    """Names to OpenCV constants, read from OpenCV (importing it) only when a value is."""
+
+    def __init__(self, constants: dict[str, str]):
+        self._constants = constants
+
+    def __getitem__(self, name: str) -> int:
+        return getattr(opencv(), self._constants[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._constants)
+
+    def __len__(self) -> int:
+        return len(self._constants)
+
+
+FORMAT_CONVERSIONS: Mapping[str, int] = _OpenCVCodes(
+    {
+        "gray": "COLOR_GRAY2RGB",
+        "nv12": "COLOR_YUV2RGB_NV12",
+        "yuv420p": "COLOR_YUV2RGB_I420",
+        # OpenCV has no full-range variant; planes_to_rgb squeezes the planes into
+        # video range first so the same conversion gives the right colours.
+        "yuvj420p": "COLOR_YUV2RGB_I420",
+    }
+)
 
 # OpenCV's 4:2:0 conversions assume video range (luma 16-235, chroma 16-240).
 _FULL_TO_VIDEO_LUMA = np.round(16 + np.arange(256) * 219 / 255).astype(np.uint8)
 _FULL_TO_VIDEO_CHROMA = np.round(128 + (np.arange(256) - 128) * 224 / 255).astype(np.uint8)
 
-_RGB_TO_I420 = {
-    "RGB": (3, cv2.COLOR_RGB2YUV_I420),
-    "RGBA": (4, cv2.COLOR_RGBA2YUV_I420),
-}
+_RGB_TO_I420 = _OpenCVCodes({"RGB": "COLOR_RGB2YUV_I420", "RGBA": "COLOR_RGBA2YUV_I420"})
+_CHANNELS = {"RGB": 3, "RGBA": 4}
 
 
 def _plane(
@@ -70,7 +100,7 @@ def _copy(dst: np.ndarray, src: np.ndarray, lut: np.ndarray | None) -> None:
     if lut is None:
         dst[...] = src
     else:
-        cv2.LUT(src, lut, dst=dst)
+        opencv().LUT(src, lut, dst=dst)
 
 
 def planes_to_rgb(
@@ -105,6 +135,7 @@ def planes_to_rgb(
     if fmt == "rgb24":
         packed = _plane(fmt, planes, line_sizes, 0, height, width * 3)
         return packed.reshape(height, width, 3).copy()
+    cv2 = opencv()
     if fmt == "gray":
         return cv2.cvtColor(_plane(fmt, planes, line_sizes, 0, height, width), cv2.COLOR_GRAY2RGB)
 
@@ -168,7 +199,7 @@ def rgb_to_i420(
         raise ValueError(f"unsupported image format {fmt!r} (expected RGB or RGBA)")
     if width <= 0 or height <= 0:
         raise ValueError(f"{fmt}: invalid image size {width}x{height}")
-    channels, code = _RGB_TO_I420[fmt]
+    channels = _CHANNELS[fmt]
     pixels = image if isinstance(image, np.ndarray) else np.frombuffer(image, np.uint8)
     expected = width * height * channels
     if pixels.dtype != np.uint8 or pixels.size != expected:
@@ -177,6 +208,7 @@ def rgb_to_i420(
             f"got {pixels.size} of {pixels.dtype}"
         )
     pixels = pixels.reshape(height, width, channels)
+    cv2 = opencv()
     if width % 2 or height % 2:
         pixels = cv2.copyMakeBorder(pixels, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
-    return cv2.cvtColor(pixels, code)
+    return cv2.cvtColor(pixels, _RGB_TO_I420[fmt])
