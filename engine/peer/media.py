@@ -18,6 +18,7 @@ encoder.
 
 import asyncio
 import time
+import weakref
 from functools import partial
 
 from aiortc import RTCRtpReceiver, RTCRtpTransceiver
@@ -63,9 +64,11 @@ from engine.peer.session import PeerSession
 from engine.tracks import EncodedAudioTrack, EncodedVideoTrack
 
 # Packets a video receiver's jitter buffer holds, which bounds the frame it can
-# assemble: aiortc's 128 (about 150 KB) for the camera; 512 (about 600 KB,
-# libwebrtc's initial packet buffer) for the screen share, whose detailed
-# keyframes are larger than 128 packets and would never decode (as Pipecat).
+# assemble and how long a packet lost for good holds up the frames behind it
+# (the buffer gives up on it only once it is full): 128 (about 150 KB) for the
+# camera, where aiortc's 512 held a lossy path's video up for seconds; 512
+# (about 600 KB, libwebrtc's initial packet buffer) for the screen share, whose
+# detailed keyframes are larger than 128 packets and would never decode.
 VIDEO_JITTER_BUFFER_CAPACITY = {VIDEO_TRANSCEIVER_INDEX: 128, SCREEN_VIDEO_TRANSCEIVER_INDEX: 512}
 # How long a resumed video receiver waits for the sender's first packet to ask it for a keyframe.
 KEYFRAME_REQUEST_WAIT_S = 1.0
@@ -126,6 +129,7 @@ class PeerMedia:
         self._backlogs: dict[int, Backlog] = {}
         self._keeping_backlogs = True
         self._backlogs_end: asyncio.TimerHandle | None = None
+        self._sized_receivers: weakref.WeakSet[RTCRtpReceiver] = weakref.WeakSet()
         self._bot_was_late = False
         self._keyframe_requests: set[asyncio.Task] = set()
         self._output_request: OutputOpen | None = None
@@ -145,6 +149,10 @@ class PeerMedia:
             tap_encoded_frames(transceiver.receiver, partial(self._hand_on, index))
             if index not in SOURCE_BY_RECEIVER:
                 enable_receiver(transceiver.receiver, False)  # a source the contract does not have
+            elif index in VIDEO_JITTER_BUFFER_CAPACITY and transceiver.receiver not in self._sized_receivers:
+                # Before its first packet (a video source is received from the start, for its backlog).
+                reset_video_jitter_buffer(transceiver.receiver, VIDEO_JITTER_BUFFER_CAPACITY[index])
+                self._sized_receivers.add(transceiver.receiver)
             if index == VIDEO_TRANSCEIVER_INDEX:
                 # The bot's video is sent in the first codec of the answer; the peer's camera, usually, too.
                 prefer_codecs(transceiver, self._video_codec_preference)
