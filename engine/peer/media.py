@@ -213,7 +213,11 @@ class PeerMedia:
         self._capture = {}
         self._bot_was_late = False
         self._forwarding.clear()
+        # Its sources are kept for it until it has had its own time to capture them.
         self._keeping_backlogs = True
+        if self._backlogs_end is not None:
+            self._backlogs_end.cancel()
+            self._backlogs_end = None
         if self._audio_out is not None:
             self._audio_out.clear()
         for index in SOURCE_BY_RECEIVER:
