@@ -39,6 +39,15 @@ async def written_10ms_at_a_time(output: AudioOutput, outbox: Outbox, pcm: bytes
     return packets
 
 
+def assert_decoded_at_48khz_as_the_tone(packets: list) -> None:
+    """The packets decode, as a peer decodes them, to 20 ms frames at 48 kHz of the 440 Hz tone."""
+    decoder = MediaDecoder()
+    frames = [frame for _, data in packets for frame in decoder.decode("audio/opus", data, 0)]
+    assert all((frame.sample_rate, frame.samples) == (48000, 960) for frame in frames)
+    left = np.concatenate([frame.to_ndarray()[0][:: len(frame.layout.channels)] for frame in frames])
+    assert abs(dominant_frequency(left, 48000) - 440) < 5
+
+
 async def test_audio_at_any_rate_becomes_numbered_20ms_opus_packets_the_peer_decodes_at_48khz():
     for rate, channels in ((24000, 2), (44100, 1)):
         outbox = Outbox("engine")
@@ -48,11 +57,7 @@ async def test_audio_at_any_rate_becomes_numbered_20ms_opus_packets_the_peer_dec
 
         # A resampler (to mono; 44.1 kHz, which libopus does not take, to 48 kHz) holds back a little of the last 20 ms.
         assert [seq for seq, _ in packets] == list(range(1, len(packets) + 1)) and len(packets) in (49, 50)
-        decoder = MediaDecoder()
-        frames = [frame for _, data in packets for frame in decoder.decode("audio/opus", data, 0)]
-        assert all((frame.sample_rate, frame.samples) == (48000, 960) for frame in frames)
-        left = np.concatenate([frame.to_ndarray()[0][:: len(frame.layout.channels)] for frame in frames])
-        assert abs(dominant_frequency(left, 48000) - 440) < 5
+        assert_decoded_at_48khz_as_the_tone(packets)
 
 
 async def test_mono_audio_at_a_rate_libopus_takes_is_encoded_as_it_is():
@@ -63,11 +68,7 @@ async def test_mono_audio_at_a_rate_libopus_takes_is_encoded_as_it_is():
 
     # No resampler in the way: every 20 ms is a packet at once.
     assert [seq for seq, _ in packets] == list(range(1, 51))
-    decoder = MediaDecoder()
-    frames = [frame for _, data in packets for frame in decoder.decode("audio/opus", data, 0)]
-    assert all((frame.sample_rate, frame.samples) == (48000, 960) for frame in frames)
-    left = np.concatenate([frame.to_ndarray()[0][:: len(frame.layout.channels)] for frame in frames])
-    assert abs(dominant_frequency(left, 48000) - 440) < 5
+    assert_decoded_at_48khz_as_the_tone(packets)
 
 
 async def test_a_cleared_output_drops_the_partial_frame_and_asks_the_engine_to_drop_its_own():
